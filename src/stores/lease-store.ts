@@ -1,0 +1,137 @@
+// The lease/health store contract. Two implementations keep it: Redis
+// (src/stores/redis, shared by every replica) and memory (src/stores/memory,
+// the embedded default for a single process). One contract suite
+// (test/contract/lease-store.contract.ts) runs against both.
+//
+// What lives here is hot and derived: which worker's stream is attached to
+// which replica, heartbeat freshness, active leases, the selection order of a
+// pool's workers, and the channels that carry messages between replicas.
+// Postgres stays the source of truth; everything here can be rebuilt from it.
+//
+// Time is the store's own clock (Redis TIME for Redis), never the caller's.
+
+/** What the store needs to know about a worker to place jobs on it. */
+export interface PlacementWorker {
+  workerId: string;
+  poolId: string;
+  capacity: number;
+  labels: string[];
+  /** False when the worker is disabled or draining: it takes no new lease. */
+  acceptsWork: boolean;
+}
+
+export interface AcquireRequest {
+  poolId: string;
+  jobId: string;
+  attempt: number;
+  /** Empty string: no run. Ties among least-leased workers go to one that served this run. */
+  runId: string;
+  /** Every one must be among the worker's labels. */
+  requiredLabels: string[];
+  /** Take only a worker with no lease; it then takes no other lease until this one ends. */
+  exclusive: boolean;
+  leaseTtlMs: number;
+}
+
+export type AcquireResult =
+  | {
+      ok: true;
+      workerId: string;
+      /** Active leases of the chosen worker before this one. */
+      leasesBefore: number;
+      /** Healthy workers that were eligible (labels, capacity) at the decision. */
+      eligible: number;
+      /** Why this worker: "fewest leases", "same run", "least recently leased". */
+      tieBreak: "fewest_leases" | "same_run" | "least_recently_leased";
+    }
+  | {
+      ok: false;
+      /**
+       * no_healthy_worker: no worker of the pool is attached, fresh and accepting
+       * work, or none of those carries the required labels.
+       * all_busy: healthy matching workers exist but none has room.
+       */
+      code: "no_healthy_worker" | "all_busy";
+      /** Attached, fresh, accepting work. */
+      healthy: number;
+      /** Of those, the ones carrying every required label. */
+      matching: number;
+    };
+
+export interface LeaseInfo {
+  jobId: string;
+  attempt: number;
+  workerId: string;
+}
+
+export interface WorkerLiveStatus {
+  /** A stream is attached (some session holds it). */
+  attached: boolean;
+  sessionId: string | null;
+  replicaId: string | null;
+  /** Last heartbeat, store clock, ms since epoch; null if never. */
+  lastHeartbeatMs: number | null;
+  /** Attached and the last heartbeat is within the heartbeat TTL. */
+  fresh: boolean;
+  activeLeases: number;
+}
+
+/** A message routed to the replica holding a worker's stream. */
+export interface Delivery {
+  workerId: string;
+  /** Opaque to the store: the agent plane encodes and decodes it. */
+  payload: string;
+}
+
+export type Unsubscribe = () => Promise<void>;
+
+export interface LeaseStore {
+  /** Connects; resolves when the store can serve. */
+  start(): Promise<void>;
+  /** Unsubscribes and disconnects; leaves no timer or socket behind. */
+  close(): Promise<void>;
+
+  /**
+   * Records that `sessionId` on `replicaId` now holds the worker's stream,
+   * replacing any older session, refreshes its heartbeat and puts the worker
+   * into its pool's selection. Also records the worker's placement attributes.
+   */
+  attach(worker: PlacementWorker, sessionId: string, replicaId: string, heartbeatTtlMs: number): Promise<void>;
+  /**
+   * Detaches the worker only if `sessionId` still holds it (a stale stream's
+   * cleanup must not evict a fresh reconnect). Leases stay until they expire
+   * or are released. Returns whether it detached.
+   */
+  detach(workerId: string, sessionId: string): Promise<boolean>;
+  /**
+   * Refreshes heartbeat freshness and extends every lease the worker holds by
+   * `leaseTtlMs`. Returns false if `sessionId` no longer holds the worker.
+   */
+  heartbeat(workerId: string, sessionId: string, heartbeatTtlMs: number, leaseTtlMs: number): Promise<boolean>;
+  /** Updates placement attributes (state, capacity, labels) without touching the session. */
+  updateWorker(worker: PlacementWorker): Promise<void>;
+  /** Forgets the worker entirely (deleted), including its session. */
+  removeWorker(workerId: string): Promise<void>;
+
+  /** Atomically chooses a worker of the pool and records a lease on it. */
+  acquire(request: AcquireRequest): Promise<AcquireResult>;
+  /** Releases the attempt's lease. Returns false if there was none (lost or released). */
+  release(jobId: string, attempt: number): Promise<boolean>;
+  /** The attempt's lease, or null if it was released or expired. */
+  lease(jobId: string, attempt: number): Promise<LeaseInfo | null>;
+  /** Leases whose TTL ran out and that nobody released; removes them and frees their capacity. */
+  reapExpiredLeases(): Promise<LeaseInfo[]>;
+  /** Re-creates a lease (adoption after a store loss or a server restart). Idempotent. */
+  restoreLease(lease: LeaseInfo, leaseTtlMs: number): Promise<void>;
+
+  workerStatus(workerIds: string[]): Promise<Map<string, WorkerLiveStatus>>;
+
+  /** Routes a message to the replica whose session holds the worker. False if no replica holds it. */
+  deliver(delivery: Delivery): Promise<boolean>;
+  /** Receives the deliveries routed to this replica. Call once, before attaching workers. */
+  onDelivery(replicaId: string, handler: (delivery: Delivery) => void): Promise<Unsubscribe>;
+
+  /** Fan-out to every replica (log chunks, job state changes, pool capacity freed). */
+  publish(channel: string, payload: string): Promise<void>;
+  subscribe(channel: string, handler: (payload: string) => void): Promise<Unsubscribe>;
+}

@@ -172,6 +172,14 @@ export declare type Heartbeat = Message<"muster.v1.Heartbeat"> & {
    * @generated from field: google.protobuf.Timestamp time = 1;
    */
   time?: Timestamp | undefined;
+
+  /**
+   * The agent is shutting down: it takes no new assignment and exits once
+   * its running jobs end.
+   *
+   * @generated from field: bool draining = 2;
+   */
+  draining: boolean;
 };
 
 /**

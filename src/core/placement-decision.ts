@@ -1,0 +1,79 @@
+// What to do with a queued job given the state of its resolved pool: run it
+// on the built-in worker, lease a pool worker, wait, or fail. Pure; the
+// placer (src/scheduler/job-placer.ts) carries the decision out.
+
+import type { FailureReason } from "../domain.ts";
+import type { Choice } from "./choose-worker.ts";
+
+/** Step 1 of "Choosing the worker": does the built-in worker take this job? */
+export type Route = { kind: "builtin" } | { kind: "pool" } | { kind: "fail"; reason: FailureReason; message: string };
+
+export function routeJob(input: {
+  poolIsSpaceDefault: boolean;
+  poolName: string;
+  registeredWorkers: number;
+  builtinEnabled: boolean;
+}): Route {
+  if (!input.poolIsSpaceDefault || input.registeredWorkers > 0) return { kind: "pool" };
+  if (input.builtinEnabled) return { kind: "builtin" };
+  return {
+    kind: "fail",
+    reason: "builtin_worker_disabled",
+    message: `default pool ${input.poolName} has no registered workers and the built-in worker is disabled`,
+  };
+}
+
+export type Outcome =
+  | { kind: "leased"; workerId: string; reason: string }
+  | { kind: "wait"; reason: string }
+  | { kind: "fail"; reason: FailureReason; message: string };
+
+function labelText(labels: readonly string[]): string {
+  return labels.length === 0 ? "" : ` with labels ${labels.join(", ")}`;
+}
+
+/**
+ * Steps 2 and 3 of "Choosing the worker", given the store's atomic choice.
+ * `queueDeadline`: the job asked to wait for a healthy worker until then.
+ */
+export function decideOnChoice(input: {
+  choice: Choice;
+  poolName: string;
+  targetName: string | null;
+  requiredLabels: readonly string[];
+  queueDeadlineMs: number | null;
+  now: number;
+  jobsAhead: number;
+}): Outcome {
+  const { choice, poolName } = input;
+  if (choice.ok) {
+    const why =
+      choice.tieBreak === "fewest_leases"
+        ? `fewest active leases (${choice.leasesBefore})`
+        : choice.tieBreak === "same_run"
+          ? `tied at ${choice.leasesBefore} active leases; it already served this run`
+          : `tied at ${choice.leasesBefore} active leases; least recently leased`;
+    return {
+      kind: "leased",
+      workerId: choice.workerId,
+      reason: `${why} among ${choice.eligible} eligible workers in pool ${poolName}`,
+    };
+  }
+  if (choice.code === "all_busy") {
+    const ahead = input.jobsAhead === 1 ? "1 job ahead" : `${input.jobsAhead} jobs ahead`;
+    return {
+      kind: "wait",
+      reason: `pool ${poolName}: ${choice.matching} healthy workers${labelText(input.requiredLabels)}, all at capacity; ${ahead}`,
+    };
+  }
+  const via = input.targetName === null ? "" : ` (default pool of target ${input.targetName})`;
+  const what =
+    choice.healthy === 0
+      ? `pool ${poolName}${via} has no healthy worker`
+      : `pool ${poolName}${via} has ${choice.healthy} healthy workers but none${labelText(input.requiredLabels).replace(" with", " carries")}`;
+  if (input.queueDeadlineMs !== null && input.now < input.queueDeadlineMs) {
+    const left = Math.ceil((input.queueDeadlineMs - input.now) / 1000);
+    return { kind: "wait", reason: `${what}; waiting up to ${left}s more for one` };
+  }
+  return { kind: "fail", reason: "no_healthy_worker", message: what };
+}

@@ -1,0 +1,94 @@
+// The AgentService implementation on the agent plane's grpc-js server:
+// Register exchanges a registration token for a worker credential; Connect
+// authenticates the credential and hands the stream to an agent session.
+
+import { create } from "@bufbuild/protobuf";
+import { status, type sendUnaryData, type ServerDuplexStream, type ServerUnaryCall, type UntypedServiceImplementation } from "@grpc/grpc-js";
+import {
+  RegisterResponseSchema,
+  type ConnectRequest,
+  type ConnectResponse,
+  type RegisterRequest,
+  type RegisterResponse,
+} from "../../gen/muster/v1/agent_pb.js";
+import { bearer, hashSecret, newSecret } from "../auth/secrets.ts";
+import { runAgentSession, type SessionDeps } from "./agent-session.ts";
+import { validateWorkerAttributes } from "./worker-attributes.ts";
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export function createAgentService(deps: SessionDeps): UntypedServiceImplementation {
+  const { db, logger } = deps;
+
+  async function register(request: RegisterRequest): Promise<RegisterResponse> {
+    if (request.registrationToken === "") {
+      throw { code: status.UNAUTHENTICATED, details: "registration_token is required" };
+    }
+    const name = request.name.trim();
+    if (!NAME.test(name)) {
+      throw { code: status.INVALID_ARGUMENT, details: "name must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit" };
+    }
+    const attributes = validateWorkerAttributes({ labels: request.labels, capacity: request.capacity });
+    if (typeof attributes === "string") throw { code: status.INVALID_ARGUMENT, details: attributes };
+    const token = await db.tokens.use(hashSecret(request.registrationToken), new Date());
+    if (token === null) {
+      throw { code: status.UNAUTHENTICATED, details: "registration token is unknown, expired or revoked" };
+    }
+    const pool = await db.pools.get(token.poolId);
+    if (pool === null) throw { code: status.UNAUTHENTICATED, details: "the token's worker pool was deleted" };
+    const credential = newSecret("worker");
+    const worker = await db.workers.create({
+      space: pool.space,
+      poolId: pool.id,
+      name,
+      labels: attributes.labels,
+      capacity: attributes.capacity,
+      credentialHash: credential.hash,
+      hostname: request.hostname.slice(0, 255),
+      agentVersion: request.agentVersion.slice(0, 64),
+    });
+    logger.info(
+      { event: "worker_registered", workerId: worker.id, name, pool: pool.name, poolId: pool.id, tokenId: token.id },
+      "worker registered",
+    );
+    return create(RegisterResponseSchema, { workerId: worker.id, credential: credential.secret, workerPoolId: pool.id, space: pool.space });
+  }
+
+  return {
+    register(call: ServerUnaryCall<RegisterRequest, RegisterResponse>, callback: sendUnaryData<RegisterResponse>) {
+      register(call.request).then(
+        (response) => callback(null, response),
+        (error: { code?: number; details?: string; message?: string }) => {
+          if (typeof error.code !== "number") {
+            logger.error({ event: "register_failed", err: error }, "registering a worker failed");
+            callback({ code: status.INTERNAL, details: "registration failed" });
+          } else {
+            logger.warn({ event: "register_refused", code: error.code, reason: error.details }, "registration refused");
+            callback({ code: error.code, details: error.details ?? "" });
+          }
+        },
+      );
+    },
+    connect(call: ServerDuplexStream<ConnectRequest, ConnectResponse>) {
+      const credential = bearer(call.metadata.get("authorization")[0]?.toString());
+      if (credential === null) {
+        call.emit("error", { code: status.UNAUTHENTICATED, details: "authorization metadata with a Bearer worker credential is required" });
+        return;
+      }
+      db.workers.byCredentialHash(hashSecret(credential)).then(
+        (worker) => {
+          if (worker === null) {
+            logger.warn({ event: "connect_refused", reason: "unknown credential" }, "agent connect refused");
+            call.emit("error", { code: status.UNAUTHENTICATED, details: "worker credential is unknown or revoked" });
+            return;
+          }
+          runAgentSession(call, worker, deps);
+        },
+        (error) => {
+          logger.error({ event: "connect_failed", err: error }, "authenticating an agent failed");
+          call.emit("error", { code: status.UNAVAILABLE, details: "the server cannot check credentials right now" });
+        },
+      );
+    },
+  };
+}

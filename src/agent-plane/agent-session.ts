@@ -1,0 +1,422 @@
+// One agent's Connect stream, from Hello to the end of the stream.
+//
+// Lifecycle: 'awaiting_hello' -> 'attached' -> 'closed'. Messages are handled
+// one at a time in arrival order (a promise chain), except log chunks, which
+// are batched: they queue up while one insert is in flight and the next
+// insert takes them all. A finish report waits for its attempt's chunks to be
+// stored, so the job never ends before its log is complete.
+//
+// The session owns `held`: the attempts this worker holds leases for, as far
+// as this replica knows. A report about any other attempt is checked against
+// the lease store and refused with PERMISSION_DENIED (another worker holds
+// it) or FAILED_PRECONDITION (nobody does: the lease was lost); the stream
+// and the other attempts go on.
+
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
+import { status, type ServerDuplexStream } from "@grpc/grpc-js";
+import {
+  ConnectResponseSchema,
+  FinishOutcome,
+  RunningAttemptSchema,
+  type AgentLogChunk,
+  type ConnectRequest,
+  type ConnectResponse,
+  type FinishReport,
+  type Hello,
+} from "../../gen/muster/v1/agent_pb.js";
+import { LogStream } from "../../gen/muster/v1/job_pb.js";
+import type { FinishOutcomeName } from "../core/job-outcome.ts";
+import type { LogChunkRecord, LogStreamName, WorkerRecord } from "../domain.ts";
+import type { Logger } from "../logger.ts";
+import type { JobEvents } from "../scheduler/job-events.ts";
+import type { JobLifecycle } from "../scheduler/job-lifecycle.ts";
+import type { JobPlacer } from "../scheduler/job-placer.ts";
+import type { WorkerMessage } from "../scheduler/worker-messages.ts";
+import type { Database } from "../stores/database.ts";
+import type { LeaseStore } from "../stores/lease-store.ts";
+import type { SessionHandle, SessionRegistry } from "./session-registry.ts";
+import { validateWorkerAttributes } from "./worker-attributes.ts";
+
+/** Pause reading from the agent when this many messages wait to be handled. */
+const MAX_PENDING_MESSAGES = 1024;
+
+export interface SessionDeps {
+  db: Database;
+  leases: LeaseStore;
+  events: JobEvents;
+  placer: JobPlacer;
+  lifecycle: JobLifecycle;
+  registry: SessionRegistry;
+  logger: Logger;
+  replicaId: string;
+  heartbeatIntervalMs: number;
+  heartbeatTtlMs: number;
+  leaseTtlMs: number;
+  maxChunkBytes: number;
+  onLogChunks?: (count: number) => void;
+}
+
+type SessionState = "awaiting_hello" | "attached" | "closed";
+
+const OUTCOMES: Record<number, FinishOutcomeName | undefined> = {
+  [FinishOutcome.EXITED]: "exited",
+  [FinishOutcome.SIGNALED]: "signaled",
+  [FinishOutcome.CANCELLED]: "cancelled",
+  [FinishOutcome.TIMED_OUT]: "timed_out",
+  [FinishOutcome.SPAWN_FAILED]: "spawn_failed",
+};
+
+const STREAMS: Record<number, LogStreamName | undefined> = {
+  [LogStream.STDOUT]: "stdout",
+  [LogStream.STDERR]: "stderr",
+  [LogStream.SYSTEM]: "system",
+};
+
+function key(jobId: string, attempt: number): string {
+  return `${jobId}/${attempt}`;
+}
+
+class RejectionError extends Error {
+  readonly code: number;
+  constructor(code: number, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export function runAgentSession(
+  call: ServerDuplexStream<ConnectRequest, ConnectResponse>,
+  worker: WorkerRecord,
+  deps: SessionDeps,
+): void {
+  const { db, leases, logger: parentLogger } = deps;
+  let log = parentLogger.child({ workerId: worker.id });
+  let state: SessionState = "awaiting_hello";
+  let sessionId = "";
+  let draining = false;
+  const held = new Set<string>();
+  let chain: Promise<void> = Promise.resolve();
+  let pending = 0;
+  let pendingChunks: LogChunkRecord[] = [];
+  let flushing: Promise<void> | null = null;
+
+  const handle: SessionHandle = {
+    workerId: worker.id,
+    get sessionId() {
+      return sessionId;
+    },
+    deliver: (message) => deliver(message),
+    end: (code, reason) => end(code, reason),
+  };
+
+  function send(message: MessageInitShape<typeof ConnectResponseSchema>["message"]): void {
+    if (state === "closed") return;
+    call.write(create(ConnectResponseSchema, { message }));
+  }
+
+  function end(code: number, reason: string): void {
+    if (state === "closed") return;
+    log.info({ event: "agent_stream_ended", code, reason }, "ending agent stream");
+    if (code === status.OK) call.end();
+    else call.emit("error", { code, details: reason });
+    void cleanup("server ended the stream");
+  }
+
+  async function cleanup(reason: string): Promise<void> {
+    if (state === "closed") return;
+    const wasAttached = state === "attached";
+    state = "closed";
+    if (!wasAttached) return;
+    deps.registry.remove(handle);
+    try {
+      await flushLogs();
+      await leases.detach(worker.id, sessionId);
+    } catch (error) {
+      log.warn({ event: "agent_detach_failed", err: error }, "cleaning up the session failed");
+    }
+    log.info({ event: "agent_disconnected", sessionId, reason }, "agent disconnected");
+  }
+
+  function reject(jobId: string, attempt: number, code: number, message: string): void {
+    log.warn({ event: "agent_report_rejected", jobId, attempt, code, reason: message }, "refused an agent report");
+    send({ case: "rejection", value: { jobId, attempt, code, message } });
+  }
+
+  /** Throws RejectionError unless this worker holds the attempt's lease. */
+  async function requireLease(jobId: string, attempt: number): Promise<void> {
+    if (jobId === "" || attempt < 1) throw new RejectionError(status.INVALID_ARGUMENT, "job_id and attempt are required");
+    if (held.has(key(jobId, attempt))) return;
+    const lease = await leases.lease(jobId, attempt);
+    if (lease === null) throw new RejectionError(status.FAILED_PRECONDITION, `no lease for job ${jobId} attempt ${attempt}: it was lost or released`);
+    if (lease.workerId !== worker.id) throw new RejectionError(status.PERMISSION_DENIED, `job ${jobId} attempt ${attempt} is leased to another worker`);
+    held.add(key(jobId, attempt));
+  }
+
+  function deliver(message: WorkerMessage): void {
+    switch (message.type) {
+      case "assign":
+        held.add(key(message.jobId, message.attempt));
+        send({
+          case: "assignment",
+          value: {
+            jobId: message.jobId,
+            attempt: message.attempt,
+            name: message.name,
+            script: message.script,
+            env: message.env,
+            runId: message.runId,
+            timeout: message.timeoutMs === null ? undefined : durationFromMs(message.timeoutMs),
+          },
+        });
+        return;
+      case "cancel":
+        send({ case: "cancel", value: { jobId: message.jobId, attempt: message.attempt, gracePeriod: durationFromMs(message.graceMs) } });
+        return;
+      case "lease_lost":
+        held.delete(key(message.jobId, message.attempt));
+        send({ case: "leaseLost", value: { jobId: message.jobId, attempt: message.attempt, reason: message.reason } });
+        return;
+      case "drain":
+        send({ case: "drain", value: { exitWhenIdle: message.exitWhenIdle } });
+        return;
+      case "disconnect":
+        end(message.code, message.reason);
+        return;
+    }
+  }
+
+  async function onHello(hello: Hello): Promise<void> {
+    if (hello.workerId !== worker.id) {
+      throw Object.assign(new Error(`the credential belongs to worker ${worker.id}, not ${hello.workerId}`), { code: status.PERMISSION_DENIED });
+    }
+    if (hello.sessionId === "" || hello.sessionId.length > 128) {
+      throw Object.assign(new Error("hello.session_id must be 1 to 128 characters"), { code: status.INVALID_ARGUMENT });
+    }
+    const attributes = validateWorkerAttributes({ labels: hello.labels, capacity: hello.capacity || worker.capacity });
+    if (typeof attributes === "string") throw Object.assign(new Error(attributes), { code: status.INVALID_ARGUMENT });
+    sessionId = hello.sessionId;
+    log = log.child({ sessionId });
+    const current = await db.workers.recordHello(
+      worker.id,
+      { labels: attributes.labels, capacity: attributes.capacity, hostname: hello.hostname.slice(0, 255), agentVersion: hello.agentVersion.slice(0, 64) },
+      new Date(),
+    );
+    if (current === null) throw Object.assign(new Error("the worker was deleted"), { code: status.UNAUTHENTICATED });
+    const replaced = deps.registry.add(handle);
+    replaced?.end(status.ABORTED, "superseded by a newer session of the same worker");
+    await leases.attach(
+      { workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: current.state === "enabled" },
+      sessionId,
+      deps.replicaId,
+      deps.heartbeatTtlMs,
+    );
+    state = "attached";
+    const adopted = [];
+    const abandon = [];
+    for (const running of hello.running) {
+      const lease = await leases.lease(running.jobId, running.attempt);
+      if (lease !== null && lease.workerId === worker.id) {
+        held.add(key(running.jobId, running.attempt));
+        const stored = await db.logs.maxSeq(running.jobId, running.attempt);
+        adopted.push(create(RunningAttemptSchema, { jobId: running.jobId, attempt: running.attempt, ackedSeq: BigInt(stored) }));
+      } else {
+        abandon.push(create(RunningAttemptSchema, { jobId: running.jobId, attempt: running.attempt }));
+      }
+    }
+    send({
+      case: "welcome",
+      value: {
+        workerId: worker.id,
+        heartbeatInterval: durationFromMs(deps.heartbeatIntervalMs),
+        leaseTtl: durationFromMs(deps.leaseTtlMs),
+        adopted,
+        abandon,
+        maxChunkBytes: deps.maxChunkBytes,
+      },
+    });
+    log.info(
+      { event: "agent_connected", poolId: current.poolId, capacity: current.capacity, labels: current.labels, adopted: adopted.length, abandoned: abandon.length },
+      "agent connected",
+    );
+    void deps.placer.drainPool(current.poolId);
+  }
+
+  async function onHeartbeat(draining_: boolean): Promise<void> {
+    const ok = await leases.heartbeat(worker.id, sessionId, deps.heartbeatTtlMs, deps.leaseTtlMs);
+    if (!ok) {
+      end(status.ABORTED, "this session no longer holds the worker (superseded or detached)");
+      return;
+    }
+    if (draining_ && !draining) {
+      draining = true;
+      log.info({ event: "agent_draining" }, "agent is shutting down: no new work");
+      const current = await db.workers.get(worker.id);
+      if (current !== null) {
+        await leases.updateWorker({ workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: false });
+      }
+    }
+  }
+
+  function onLog(chunk: AgentLogChunk): void {
+    const stream = STREAMS[chunk.stream] ?? "stdout";
+    if (chunk.data.byteLength > deps.maxChunkBytes) {
+      throw new RejectionError(status.RESOURCE_EXHAUSTED, `log chunk of ${chunk.data.byteLength} bytes exceeds the limit of ${deps.maxChunkBytes}; split it`);
+    }
+    if (chunk.seq < 1n) throw new RejectionError(status.INVALID_ARGUMENT, "log chunk seq starts at 1");
+    pendingChunks.push({
+      jobId: chunk.jobId,
+      attempt: chunk.attempt,
+      seq: Number(chunk.seq),
+      stream,
+      data: chunk.data,
+      time: chunk.time ? timestampDate(chunk.time) : new Date(),
+    });
+    if (flushing === null) flushing = flushLoop();
+  }
+
+  async function flushLoop(): Promise<void> {
+    try {
+      while (pendingChunks.length > 0) {
+        const batch = pendingChunks;
+        pendingChunks = [];
+        await db.logs.append(batch);
+        deps.onLogChunks?.(batch.length);
+        const highest = new Map<string, { jobId: string; attempt: number; seq: number; chunks: LogChunkRecord[] }>();
+        for (const chunk of batch) {
+          const k = key(chunk.jobId, chunk.attempt);
+          const entry = highest.get(k) ?? { jobId: chunk.jobId, attempt: chunk.attempt, seq: 0, chunks: [] };
+          entry.seq = Math.max(entry.seq, chunk.seq);
+          entry.chunks.push(chunk);
+          highest.set(k, entry);
+        }
+        for (const entry of highest.values()) {
+          send({ case: "ack", value: { jobId: entry.jobId, attempt: entry.attempt, seq: BigInt(entry.seq), finished: false } });
+          void deps.events.logs(entry.jobId, entry.chunks);
+        }
+      }
+    } catch (error) {
+      log.error({ event: "log_persist_failed", err: error }, "storing log chunks failed; the agent will resend them");
+      pendingChunks = [];
+    } finally {
+      flushing = null;
+    }
+  }
+
+  async function flushLogs(): Promise<void> {
+    while (flushing !== null) await flushing;
+  }
+
+  async function onFinish(report: FinishReport): Promise<void> {
+    await flushLogs();
+    const outcome = OUTCOMES[report.outcome];
+    if (outcome === undefined) throw new RejectionError(status.INVALID_ARGUMENT, "finish.outcome is required");
+    const job = await deps.lifecycle.finished(worker.id, report.jobId, report.attempt, {
+      outcome,
+      exitCode: report.exitCode,
+      signal: report.signal,
+      message: report.message.slice(0, 1024),
+    });
+    held.delete(key(report.jobId, report.attempt));
+    if (job === null && !(await finishedHere(report.jobId, report.attempt))) {
+      throw new RejectionError(status.FAILED_PRECONDITION, `job ${report.jobId} attempt ${report.attempt} is no longer held by this worker`);
+    }
+    send({ case: "ack", value: { jobId: report.jobId, attempt: report.attempt, seq: report.lastSeq, finished: true } });
+  }
+
+  /** The attempt ended on this worker with a recorded outcome: a finish sent again after a reconnect. */
+  async function finishedHere(jobId: string, attempt: number): Promise<boolean> {
+    const attempts = await db.jobs.attempts(jobId);
+    const mine = attempts.find((a) => a.attempt === attempt && a.workerId === worker.id && a.state === "ended");
+    return mine !== undefined && mine.outcome !== "worker_lost" && mine.outcome !== "unreachable";
+  }
+
+  async function onAccept(jobId: string, attempt: number): Promise<void> {
+    const job = await deps.lifecycle.accepted(worker.id, jobId, attempt);
+    if (job === null) {
+      const current = await db.jobs.get(jobId);
+      if (current?.state === "running" && current.attempt === attempt && current.workerId === worker.id) return;
+      held.delete(key(jobId, attempt));
+      throw new RejectionError(status.FAILED_PRECONDITION, `job ${jobId} attempt ${attempt} is no longer assigned to this worker`);
+    }
+  }
+
+  async function onMessage(request: ConnectRequest): Promise<void> {
+    const message = request.message;
+    if (state === "closed") return;
+    if (state === "awaiting_hello") {
+      if (message.case !== "hello") {
+        throw Object.assign(new Error("the first message on Connect must be Hello"), { code: status.FAILED_PRECONDITION });
+      }
+      await onHello(message.value);
+      return;
+    }
+    let jobId = "";
+    let attempt = 0;
+    try {
+      switch (message.case) {
+        case "hello":
+          throw Object.assign(new Error("Hello may be sent only once per stream"), { code: status.FAILED_PRECONDITION });
+        case "heartbeat":
+          await onHeartbeat(message.value.draining);
+          return;
+        case "accept":
+          ({ jobId, attempt } = message.value);
+          await requireLease(jobId, attempt);
+          await onAccept(jobId, attempt);
+          return;
+        case "log":
+          ({ jobId, attempt } = message.value);
+          await requireLease(jobId, attempt);
+          onLog(message.value);
+          return;
+        case "finish":
+          ({ jobId, attempt } = message.value);
+          if (!held.has(key(jobId, attempt)) && (await finishedHere(jobId, attempt))) {
+            send({ case: "ack", value: { jobId, attempt, seq: message.value.lastSeq, finished: true } });
+            return;
+          }
+          await requireLease(jobId, attempt);
+          await onFinish(message.value);
+          return;
+        default:
+          throw new RejectionError(status.INVALID_ARGUMENT, "empty or unknown message");
+      }
+    } catch (error) {
+      if (error instanceof RejectionError) reject(jobId, attempt, error.code, error.message);
+      else throw error;
+    }
+  }
+
+  call.on("data", (request: ConnectRequest) => {
+    pending++;
+    if (pending >= MAX_PENDING_MESSAGES) call.pause();
+    chain = chain
+      .then(() => onMessage(request))
+      .catch((error: Error & { code?: number }) => {
+        if (typeof error.code === "number") {
+          end(error.code, error.message);
+        } else {
+          log.error({ event: "agent_message_failed", err: error }, "handling an agent message failed");
+          end(status.UNAVAILABLE, "the server could not handle the message; reconnect");
+        }
+      })
+      .finally(() => {
+        pending--;
+        if (pending < MAX_PENDING_MESSAGES / 4 && call.isPaused()) call.resume();
+      });
+  });
+  call.on("end", () => {
+    chain = chain.then(() => cleanup("agent closed the stream"));
+    call.end();
+  });
+  call.on("cancelled", () => {
+    chain = chain.then(() => cleanup("stream cancelled"));
+  });
+  call.on("error", (error) => {
+    chain = chain.then(() => cleanup(`stream error: ${error.message}`));
+  });
+  call.on("close", () => {
+    chain = chain.then(() => cleanup("stream closed"));
+  });
+}

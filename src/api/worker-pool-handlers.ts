@@ -1,0 +1,107 @@
+// WorkerPoolService: pools and their registration tokens.
+
+import type { ServiceImpl } from "@connectrpc/connect";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
+import { newSecret } from "../auth/secrets.ts";
+import type { Logger } from "../logger.ts";
+import { encodeWorkerMessage } from "../scheduler/worker-messages.ts";
+import type { Database } from "../stores/database.ts";
+import type { LeaseStore } from "../stores/lease-store.ts";
+import { mapErrors } from "./errors.ts";
+import { poolToProto, tokenToProto } from "./to-proto.ts";
+import * as v from "./validate.ts";
+
+export interface WorkerPoolHandlerDeps {
+  db: Database;
+  leases: LeaseStore;
+  logger: Logger;
+}
+
+export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
+  async function pool(rawId: string, field = "id") {
+    const id = v.id(rawId, field);
+    const found = id === null ? null : await db.pools.get(id);
+    if (found === null) throw v.notFound("worker pool", rawId);
+    return found;
+  }
+
+  async function issueToken(poolId: string, description: string, expiresAt: Date | null) {
+    if (expiresAt !== null && expiresAt.getTime() <= Date.now()) throw v.invalid("expire_time must be in the future");
+    const secret = newSecret("registration");
+    const token = await db.tokens.create({ poolId, description, secretHash: secret.hash, prefix: secret.prefix, expiresAt });
+    logger.info({ event: "registration_token_created", tokenId: token.id, poolId, prefix: token.prefix }, "registration token created");
+    return { secret: secret.secret, token };
+  }
+
+  return mapErrors(
+    {
+      async createWorkerPool(request) {
+        const space = v.space(request.space);
+        const name = v.poolName(request.name);
+        const description = v.description(request.description);
+        await db.ensureSpace(space);
+        const created = await db.pools.create({ space, name, description });
+        const { secret, token } = await issueToken(created.id, "created with the pool", null);
+        logger.info({ event: "worker_pool_created", poolId: created.id, space, name }, "worker pool created");
+        return { workerPool: poolToProto(created), registrationToken: secret, registrationTokenInfo: tokenToProto(token) };
+      },
+      async getWorkerPool(request) {
+        return { workerPool: poolToProto(await pool(request.id)) };
+      },
+      async listWorkerPools(request) {
+        const space = v.space(request.space);
+        await db.ensureSpace(space);
+        return { workerPools: (await db.pools.list(space)).map(poolToProto) };
+      },
+      async updateWorkerPool(request) {
+        const existing = await pool(request.id);
+        const patch: { name?: string; description?: string } = {};
+        if (request.name !== undefined) patch.name = v.poolName(request.name);
+        if (request.description !== undefined) patch.description = v.description(request.description);
+        const updated = await db.pools.update(existing.id, patch);
+        if (updated === null) throw v.notFound("worker pool", request.id);
+        return { workerPool: poolToProto(updated) };
+      },
+      async deleteWorkerPool(request) {
+        const existing = await pool(request.id);
+        const workers = request.force ? await db.workers.list(existing.space, existing.id) : [];
+        if (!(await db.pools.delete(existing.id, { force: request.force }))) throw v.notFound("worker pool", request.id);
+        for (const worker of workers) {
+          await leases.deliver({ workerId: worker.id, payload: encodeWorkerMessage({ type: "disconnect", reason: "worker pool deleted", code: 16 }) });
+          await leases.removeWorker(worker.id);
+        }
+        logger.info({ event: "worker_pool_deleted", poolId: existing.id, name: existing.name, workersDeleted: workers.length }, "worker pool deleted");
+        return {};
+      },
+      async setDefaultWorkerPool(request) {
+        const existing = await pool(request.id);
+        const updated = await db.pools.setDefault(existing.id);
+        if (updated === null) throw v.notFound("worker pool", request.id);
+        logger.info({ event: "default_pool_changed", poolId: updated.id, space: updated.space }, "default worker pool changed");
+        return { workerPool: poolToProto(updated) };
+      },
+      async createRegistrationToken(request) {
+        const existing = await pool(request.workerPoolId, "worker_pool_id");
+        const { secret, token } = await issueToken(
+          existing.id,
+          v.description(request.description),
+          request.expireTime === undefined ? null : timestampDate(request.expireTime),
+        );
+        return { token: secret, registrationToken: tokenToProto(token) };
+      },
+      async listRegistrationTokens(request) {
+        const existing = await pool(request.workerPoolId, "worker_pool_id");
+        return { registrationTokens: (await db.tokens.list(existing.id)).map(tokenToProto) };
+      },
+      async revokeRegistrationToken(request) {
+        const id = v.id(request.id, "id");
+        const revoked = id === null ? null : await db.tokens.revoke(id, new Date());
+        if (revoked === null) throw v.notFound("registration token", request.id);
+        logger.info({ event: "registration_token_revoked", tokenId: revoked.id, poolId: revoked.poolId }, "registration token revoked");
+        return { registrationToken: tokenToProto(revoked) };
+      },
+    } satisfies Partial<ServiceImpl<typeof WorkerPoolService>>,
+    logger,
+  );
+}

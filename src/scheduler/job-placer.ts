@@ -1,0 +1,347 @@
+// Places queued jobs. All placement on this replica goes through drainPool,
+// which owns the per-pool "draining" state below: at most one pass per pool
+// runs at a time here, and a request that arrives during a pass schedules one
+// more. Across replicas, the lease store's atomic choice and the fenced
+// Postgres transition (queued, attempt n) -> (assigned, attempt n+1) keep two
+// replicas from placing one job twice.
+//
+// A pool is drained when something may have made room: a job submitted, a
+// lease released, a worker attached or enabled. There is no polling loop;
+// the only timers are the assignment timeouts and the queue-deadline sweep.
+
+import { randomUUID } from "node:crypto";
+import type { Logger } from "../logger.ts";
+import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
+import { resolvePool, type PoolRef } from "../core/resolve-pool.ts";
+import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
+import type { Database } from "../stores/database.ts";
+import type { LeaseStore } from "../stores/lease-store.ts";
+import type { JobEvents } from "./job-events.ts";
+import { encodeWorkerMessage } from "./worker-messages.ts";
+
+/** Queued jobs read per pass. */
+const DRAIN_BATCH = 64;
+/** How often queued jobs past their queue deadline are failed. */
+const QUEUE_DEADLINE_SWEEP_MS = 1000;
+
+export interface SubmitInput {
+  space: string;
+  name: string;
+  script: string;
+  env: Record<string, string>;
+  requestedPoolId: string | null;
+  runId: string;
+  requiredLabels: string[];
+  priority: number;
+  exclusive: boolean;
+  timeoutMs: number | null;
+  queueTimeoutMs: number | null;
+  maxAttempts: number;
+}
+
+export class NotFoundError extends Error {
+  override name = "NotFoundError";
+}
+
+/** Runs jobs that land on the built-in worker (src/scheduler/builtin-worker.ts). */
+export interface BuiltinRunner {
+  /** Takes the job if it has room; false: it is full and the job waits. */
+  tryStart(job: JobRecord): Promise<boolean>;
+  readonly enabled: boolean;
+}
+
+export interface JobPlacerOptions {
+  db: Database;
+  leases: LeaseStore;
+  events: JobEvents;
+  logger: Logger;
+  leaseTtlMs: number;
+  assignmentTimeoutMs: number;
+  builtin: BuiltinRunner;
+  onPlaced?: (job: JobRecord, submittedAt: Date) => void;
+}
+
+export interface JobPlacer {
+  start(): void;
+  submit(input: SubmitInput): Promise<JobRecord>;
+  drainPool(poolId: string): Promise<void>;
+  /** Puts an assigned attempt back in the queue (unreachable worker, lost lease) and drains its pool. */
+  requeue(job: JobRecord, attempt: number, outcome: string, message: string): Promise<JobRecord | null>;
+  close(): Promise<void>;
+}
+
+export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
+  const { db, leases, events, logger } = options;
+  const passes = new Map<string, Promise<void>>();
+  const again = new Set<string>();
+  const timers = new Set<NodeJS.Timeout>();
+  let sweep: NodeJS.Timeout | null = null;
+  let closed = false;
+
+  async function submit(input: SubmitInput): Promise<JobRecord> {
+    const spaceDefault = await db.ensureSpace(input.space);
+    let requested: PoolRef | null = null;
+    if (input.requestedPoolId !== null) {
+      const pool = await db.pools.get(input.requestedPoolId);
+      if (pool === null || pool.space !== input.space) {
+        throw new NotFoundError(`worker pool ${input.requestedPoolId} not found in space ${input.space}`);
+      }
+      requested = pool;
+    }
+    const resolution = resolvePool({ spaceDefault, requested, target: null });
+    const now = new Date();
+    const job = await db.jobs.create({
+      id: randomUUID(),
+      space: input.space,
+      name: input.name,
+      script: input.script,
+      env: input.env,
+      requestedPoolId: input.requestedPoolId,
+      runId: input.runId,
+      requiredLabels: input.requiredLabels,
+      priority: input.priority,
+      exclusive: input.exclusive,
+      timeoutMs: input.timeoutMs,
+      queueTimeoutMs: input.queueTimeoutMs,
+      maxAttempts: input.maxAttempts,
+      resolvedPoolId: resolution.pool.id,
+      poolRule: resolution.rule,
+      poolReason: resolution.reason,
+      queueDeadline: input.queueTimeoutMs === null ? null : new Date(now.getTime() + input.queueTimeoutMs),
+      createdAt: now,
+    });
+    logger.info({ event: "job_submitted", jobId: job.id, pool: resolution.pool.name, rule: resolution.rule }, "job submitted");
+    await drainPool(resolution.pool.id);
+    return (await db.jobs.get(job.id)) ?? job;
+  }
+
+  function drainPool(poolId: string): Promise<void> {
+    const running = passes.get(poolId);
+    if (running !== undefined) {
+      again.add(poolId);
+      return running;
+    }
+    const pass = (async () => {
+      try {
+        do {
+          again.delete(poolId);
+          await drainOnce(poolId);
+        } while (again.has(poolId) && !closed);
+      } catch (error) {
+        logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
+      } finally {
+        passes.delete(poolId);
+      }
+    })();
+    passes.set(poolId, pass);
+    return pass;
+  }
+
+  async function drainOnce(poolId: string): Promise<void> {
+    const pool = await db.pools.get(poolId);
+    if (pool === null) return;
+    for (;;) {
+      const queued = await db.jobs.queued(poolId, DRAIN_BATCH);
+      if (queued.length === 0 || closed) return;
+      const route = routeJob({
+        poolIsSpaceDefault: pool.isDefault,
+        poolName: pool.name,
+        registeredWorkers: pool.isDefault ? await db.workers.countInPool(pool.id) : 1,
+        builtinEnabled: options.builtin.enabled,
+      });
+      let progressed = 0;
+      for (const [index, job] of queued.entries()) {
+        const result = route.kind === "pool" ? await placeOnPool(job, pool, index) : await placeElsewhere(job, route);
+        if (result === "blocked") return;
+        if (result === "placed") progressed++;
+      }
+      if (queued.length < DRAIN_BATCH || progressed === 0) return;
+    }
+  }
+
+  async function placeElsewhere(
+    job: JobRecord,
+    route: Exclude<ReturnType<typeof routeJob>, { kind: "pool" }>,
+  ): Promise<"placed" | "blocked" | "skipped"> {
+    if (route.kind === "fail") {
+      await fail(job, route.reason, route.message);
+      return "placed";
+    }
+    return (await options.builtin.tryStart(job)) ? "placed" : "blocked";
+  }
+
+  async function placeOnPool(job: JobRecord, pool: WorkerPoolRecord, index: number): Promise<"placed" | "blocked" | "skipped"> {
+    const attempt = job.attempt + 1;
+    const choice = await leases.acquire({
+      poolId: pool.id,
+      jobId: job.id,
+      attempt,
+      runId: job.runId,
+      requiredLabels: job.requiredLabels,
+      exclusive: job.exclusive,
+      leaseTtlMs: options.leaseTtlMs,
+    });
+    const now = Date.now();
+    const outcome = decideOnChoice({
+      choice,
+      poolName: pool.name,
+      targetName: null,
+      requiredLabels: job.requiredLabels,
+      queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
+      now,
+      jobsAhead: index,
+    });
+    if (outcome.kind === "fail") {
+      await fail(job, outcome.reason, outcome.message);
+      return "placed";
+    }
+    if (outcome.kind === "wait") {
+      if (job.workerReason !== outcome.reason) {
+        await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason });
+      }
+      // Jobs without special needs queue behind this one (priority, then FIFO);
+      // a job that waits for labels or exclusivity does not hold the others back.
+      const special = job.requiredLabels.length > 0 || job.exclusive || (!choice.ok && choice.code === "no_healthy_worker");
+      return special ? "skipped" : "blocked";
+    }
+    const assigned = await db.jobs.transition(
+      job.id,
+      { states: ["queued"], attempt: job.attempt },
+      { state: "assigned", attempt, workerId: outcome.workerId, workerReason: outcome.reason, builtinWorker: false },
+      {
+        insert: {
+          jobId: job.id,
+          attempt,
+          workerId: outcome.workerId,
+          state: "assigned",
+          assignedAt: new Date(now),
+          acceptedAt: null,
+          endedAt: null,
+          outcome: null,
+          exitCode: null,
+          lastSeq: 0,
+        },
+      },
+    );
+    if (assigned === null) {
+      // Another replica placed or cancelled it first.
+      await leases.release(job.id, attempt);
+      return "skipped";
+    }
+    options.onPlaced?.(assigned, job.createdAt);
+    const delivered = await leases.deliver({
+      workerId: outcome.workerId,
+      payload: encodeWorkerMessage({
+        type: "assign",
+        jobId: job.id,
+        attempt,
+        name: job.name,
+        script: job.script,
+        env: job.env,
+        timeoutMs: job.timeoutMs,
+        runId: job.runId,
+      }),
+    });
+    logger.info(
+      { event: "job_assigned", jobId: job.id, attempt, workerId: outcome.workerId, pool: pool.name, delivered },
+      "job assigned",
+    );
+    void events.changed(job.id, "assigned");
+    if (!delivered) {
+      await requeue(assigned, attempt, "unreachable", "worker stream not held by any replica");
+      return "skipped";
+    }
+    watchAcceptance(job.id, attempt, outcome.workerId);
+    return "placed";
+  }
+
+  /** DESIGN "Choosing the worker", step 4: no acceptance in time, place it again. */
+  function watchAcceptance(jobId: string, attempt: number, workerId: string): void {
+    const timer = setTimeout(async () => {
+      timers.delete(timer);
+      try {
+        const job = await db.jobs.get(jobId);
+        if (job === null || job.state !== "assigned" || job.attempt !== attempt) return;
+        logger.warn({ event: "assignment_timeout", jobId, attempt, workerId }, "worker did not accept the assignment in time");
+        await leases.deliver({
+          workerId,
+          payload: encodeWorkerMessage({ type: "disconnect", reason: "assignment not accepted in time", code: 14 }),
+        });
+        await requeue(job, attempt, "unreachable", `worker ${workerId} did not accept the assignment in time`);
+      } catch (error) {
+        logger.error({ event: "assignment_timeout_failed", jobId, err: error }, "handling an assignment timeout failed");
+      }
+    }, options.assignmentTimeoutMs);
+    timer.unref();
+    timers.add(timer);
+  }
+
+  async function requeue(job: JobRecord, attempt: number, outcome: string, message: string): Promise<JobRecord | null> {
+    const now = new Date();
+    // An attempt that never reached the worker does not use up the job's
+    // attempts; one that was lost mid-job does.
+    let attemptsLeft = true;
+    if (outcome !== "unreachable") {
+      const earlier = await db.jobs.attempts(job.id);
+      const consumed = earlier.filter((a) => a.attempt !== attempt && a.outcome !== "unreachable").length + 1;
+      attemptsLeft = consumed < job.maxAttempts;
+    }
+    const patch = attemptsLeft
+      ? { state: "queued" as const, workerId: null, message: `${message}; placing again` }
+      : {
+          state: "failed" as const,
+          failureReason: "worker_lost" as const,
+          message: `${message}; no attempts left (${job.maxAttempts})`,
+          endedAt: now,
+        };
+    const updated = await db.jobs.transition(
+      job.id,
+      { states: ["assigned", "running"], attempt },
+      patch,
+      { update: { attempt, patch: { state: "ended", endedAt: now, outcome } } },
+    );
+    await leases.release(job.id, attempt);
+    if (updated === null) return null;
+    logger.warn({ event: "attempt_ended", jobId: job.id, attempt, outcome, requeued: attemptsLeft }, message);
+    void events.changed(job.id, updated.state);
+    if (updated.resolvedPoolId !== null) void drainPool(updated.resolvedPoolId);
+    return updated;
+  }
+
+  async function fail(job: JobRecord, reason: JobRecord["failureReason"], message: string): Promise<void> {
+    const failed = await db.jobs.transition(
+      job.id,
+      { states: ["queued"], attempt: job.attempt },
+      { state: "failed", failureReason: reason, message, workerReason: message, endedAt: new Date() },
+    );
+    if (failed !== null) {
+      logger.info({ event: "job_failed", jobId: job.id, reason }, message);
+      void events.changed(job.id, "failed");
+    }
+  }
+
+  async function sweepQueueDeadlines(): Promise<void> {
+    const expired = await db.jobs.queueExpired(new Date(), 100);
+    const pools = new Set(expired.map((job) => job.resolvedPoolId).filter((id): id is string => id !== null));
+    for (const poolId of pools) await drainPool(poolId);
+  }
+
+  return {
+    start() {
+      sweep = setInterval(() => {
+        sweepQueueDeadlines().catch((error) => logger.error({ event: "queue_sweep_failed", err: error }, "queue sweep failed"));
+      }, QUEUE_DEADLINE_SWEEP_MS);
+      sweep.unref();
+    },
+    submit,
+    drainPool,
+    requeue,
+    async close() {
+      closed = true;
+      if (sweep !== null) clearInterval(sweep);
+      for (const timer of timers) clearTimeout(timer);
+      timers.clear();
+      await Promise.allSettled([...passes.values()]);
+    },
+  };
+}

@@ -55,6 +55,8 @@ export interface SessionDeps {
   leaseTtlMs: number;
   maxChunkBytes: number;
   onLogChunks?: (count: number) => void;
+  /** +1 when a session attaches, -1 when it ends. */
+  onSessionCount?: (delta: number) => void;
 }
 
 type SessionState = "awaiting_hello" | "attached" | "closed";
@@ -129,6 +131,7 @@ export function runAgentSession(
     state = "closed";
     if (!wasAttached) return;
     deps.registry.remove(handle);
+    deps.onSessionCount?.(-1);
     try {
       await flushLogs();
       await leases.detach(worker.id, sessionId);
@@ -212,6 +215,7 @@ export function runAgentSession(
       deps.heartbeatTtlMs,
     );
     state = "attached";
+    deps.onSessionCount?.(1);
     const adopted = [];
     const abandon = [];
     for (const running of hello.running) {

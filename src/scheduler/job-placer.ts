@@ -15,7 +15,7 @@ import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef } from "../core/resolve-pool.ts";
 import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
 import type { Database } from "../stores/database.ts";
-import type { LeaseStore } from "../stores/lease-store.ts";
+import { LeaseHeldError, type LeaseStore } from "../stores/lease-store.ts";
 import type { JobEvents } from "./job-events.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
 
@@ -172,15 +172,22 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
 
   async function placeOnPool(job: JobRecord, pool: WorkerPoolRecord, index: number): Promise<"placed" | "blocked" | "skipped"> {
     const attempt = job.attempt + 1;
-    const choice = await leases.acquire({
-      poolId: pool.id,
-      jobId: job.id,
-      attempt,
-      runId: job.runId,
-      requiredLabels: job.requiredLabels,
-      exclusive: job.exclusive,
-      leaseTtlMs: options.leaseTtlMs,
-    });
+    let choice;
+    try {
+      choice = await leases.acquire({
+        poolId: pool.id,
+        jobId: job.id,
+        attempt,
+        runId: job.runId,
+        requiredLabels: job.requiredLabels,
+        exclusive: job.exclusive,
+        leaseTtlMs: options.leaseTtlMs,
+      });
+    } catch (error) {
+      // Another replica is placing this attempt; its lease is not ours to release.
+      if (error instanceof LeaseHeldError) return "skipped";
+      throw error;
+    }
     const now = Date.now();
     const outcome = decideOnChoice({
       choice,

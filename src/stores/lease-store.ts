@@ -85,6 +85,11 @@ export interface Delivery {
 
 export type Unsubscribe = () => Promise<void>;
 
+/** acquire() for an attempt that already holds a lease: another replica placed it first. */
+export class LeaseHeldError extends Error {
+  override name = "LeaseHeldError";
+}
+
 export interface LeaseStore {
   /** Connects; resolves when the store can serve. */
   start(): Promise<void>;
@@ -113,7 +118,7 @@ export interface LeaseStore {
   /** Forgets the worker entirely (deleted), including its session. */
   removeWorker(workerId: string): Promise<void>;
 
-  /** Atomically chooses a worker of the pool and records a lease on it. */
+  /** Atomically chooses a worker of the pool and records a lease on it. Throws LeaseHeldError if the attempt holds one. */
   acquire(request: AcquireRequest): Promise<AcquireResult>;
   /** Releases the attempt's lease. Returns false if there was none (lost or released). */
   release(jobId: string, attempt: number): Promise<boolean>;

@@ -7,6 +7,7 @@ import { outcomeOfFinish, type FinishFacts } from "../core/job-outcome.ts";
 import { TERMINAL_JOB_STATES, type JobRecord } from "../domain.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
+import { BUILTIN_CANCEL_CHANNEL } from "./builtin-worker.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { JobPlacer } from "./job-placer.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
@@ -92,6 +93,11 @@ export function createJobLifecycle(options: JobLifecycleOptions): JobLifecycle {
       }
       const current = await db.jobs.get(job.id);
       return current === null ? job : cancel(current, graceMs);
+    }
+    if (job.builtinWorker) {
+      await leases.publish(BUILTIN_CANCEL_CHANNEL, JSON.stringify({ jobId: job.id, graceMs: graceMs ?? DEFAULT_CANCEL_GRACE_MS }));
+      logger.info({ event: "job_cancel_requested", jobId: job.id, attempt: job.attempt, builtin: true }, "cancel requested");
+      return job;
     }
     if (job.workerId === null) return job;
     const delivered = await leases.deliver({

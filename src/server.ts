@@ -1,0 +1,249 @@
+// The composition of one Muster server replica: config -> stores -> core ->
+// planes. Lifecycle: 'starting' -> 'running' -> 'stopping' -> 'stopped'.
+// close() stops accepting, ends agent streams, waits for in-flight work,
+// and closes the stores; it leaves no timer or socket behind.
+
+import type { ConnectRouter } from "@connectrpc/connect";
+import { AgentService } from "../gen/muster/v1/agent_pb.js";
+import { JobService } from "../gen/muster/v1/job_pb.js";
+import { WorkerService } from "../gen/muster/v1/worker_pb.js";
+import { WorkerPoolService } from "../gen/muster/v1/worker_pool_pb.js";
+import { createAgentService } from "./agent-plane/agent-service.ts";
+import { createAgentPlaneServer } from "./agent-plane/agent-plane-server.ts";
+import { createSessionRegistry } from "./agent-plane/session-registry.ts";
+import { createApiPlane } from "./api/api-plane.ts";
+import { jobHandlers } from "./api/job-handlers.ts";
+import { workerHandlers } from "./api/worker-handlers.ts";
+import { workerPoolHandlers } from "./api/worker-pool-handlers.ts";
+import type { ServerConfig } from "./config.ts";
+import { DEFAULT_SPACE } from "./domain.ts";
+import { createHealthStatus } from "./grpc/health-service.ts";
+import { grpcJsServiceDefinition } from "./grpc/grpcjs-service.ts";
+import type { Logger } from "./logger.ts";
+import { createMetrics } from "./metrics.ts";
+import { createBuiltinWorker } from "./scheduler/builtin-worker.ts";
+import { createJobEvents } from "./scheduler/job-events.ts";
+import { createJobLifecycle } from "./scheduler/job-lifecycle.ts";
+import { createJobPlacer } from "./scheduler/job-placer.ts";
+import { decodeWorkerMessage } from "./scheduler/worker-messages.ts";
+import type { LeaseStore } from "./stores/lease-store.ts";
+import { createMemoryLeaseStore } from "./stores/memory/memory-lease-store.ts";
+import { openDatabase } from "./stores/postgres/open-database.ts";
+import { createRedisLeaseStore } from "./stores/redis/redis-lease-store.ts";
+
+export type ServerState = "starting" | "running" | "stopping" | "stopped";
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+export interface MusterServer {
+  readonly state: ServerState;
+  readonly api: Address;
+  readonly agent: Address;
+  close(): Promise<void>;
+}
+
+/** Agent streams get this long to wind down on shutdown before they are cut. */
+const AGENT_DRAIN_MS = 2000;
+
+export async function startServer(config: ServerConfig, logger: Logger): Promise<MusterServer> {
+  let state: ServerState = "starting";
+  const db = await openDatabase({
+    url: config.databaseUrl ?? undefined,
+    dataDir: config.dataDir,
+    schema: config.databaseSchema ?? undefined,
+    logger,
+  });
+  const leases: LeaseStore =
+    config.redisUrl === null
+      ? createMemoryLeaseStore()
+      : createRedisLeaseStore({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, logger });
+  try {
+    await leases.start();
+  } catch (error) {
+    await db.close();
+    throw error;
+  }
+  const defaultPool = await db.ensureSpace(DEFAULT_SPACE);
+
+  const metrics = createMetrics();
+  const health = createHealthStatus();
+  const events = createJobEvents(leases);
+  const registry = createSessionRegistry();
+  const builtin = createBuiltinWorker({
+    db,
+    leases,
+    events,
+    logger: logger.child({ component: "builtin-worker" }),
+    enabled: config.builtinWorker === "enabled",
+    capacity: config.builtinWorkerCapacity,
+    workDir: `${config.dataDir}/builtin-work`,
+    onFinished: (job) => {
+      metrics.jobsFinished.inc({ state: job.state });
+      if (job.resolvedPoolId !== null) void placer.drainPool(job.resolvedPoolId);
+    },
+  });
+  const placer = createJobPlacer({
+    db,
+    leases,
+    events,
+    logger: logger.child({ component: "placer" }),
+    leaseTtlMs: config.leaseTtlMs,
+    assignmentTimeoutMs: config.assignmentTimeoutMs,
+    builtin,
+    onPlaced: (job, submittedAt) => {
+      metrics.placements.inc({ result: "assigned" });
+      metrics.placementSeconds.observe((Date.now() - submittedAt.getTime()) / 1000);
+    },
+  });
+  const lifecycle = createJobLifecycle({
+    db,
+    leases,
+    events,
+    placer,
+    logger: logger.child({ component: "lifecycle" }),
+    leaseTtlMs: config.leaseTtlMs,
+    onFinished: (job) => metrics.jobsFinished.inc({ state: job.state }),
+  });
+  const unsubscribeDelivery = await leases.onDelivery(config.replicaId, (delivery) => {
+    const session = registry.get(delivery.workerId);
+    session?.deliver(decodeWorkerMessage(delivery.payload));
+  });
+
+  const agentPlane = createAgentPlaneServer({
+    host: config.agentHost,
+    port: config.agentPort,
+    logger: logger.child({ component: "agent-plane" }),
+    health,
+  });
+  agentPlane.addService(
+    grpcJsServiceDefinition(AgentService),
+    createAgentService({
+      db,
+      leases,
+      events,
+      placer,
+      lifecycle,
+      registry,
+      logger: logger.child({ component: "agent-session" }),
+      replicaId: config.replicaId,
+      heartbeatIntervalMs: config.heartbeatIntervalMs,
+      heartbeatTtlMs: config.heartbeatTtlMs,
+      leaseTtlMs: config.leaseTtlMs,
+      maxChunkBytes: config.maxChunkBytes,
+      onLogChunks: (count) => metrics.logChunks.inc(count),
+      onSessionCount: (delta) => metrics.connectedAgents.inc(delta),
+    }),
+  );
+
+  const apiLogger = logger.child({ component: "api" });
+  const apiPlane = createApiPlane({
+    host: config.apiHost,
+    port: config.apiPort,
+    logger: apiLogger,
+    health,
+    metrics: metrics.registry,
+    services: [WorkerPoolService, WorkerService, JobService],
+    routes: (router: ConnectRouter) => {
+      router.service(WorkerPoolService, workerPoolHandlers({ db, leases, logger: apiLogger }));
+      router.service(WorkerService, workerHandlers({ db, leases, placer, logger: apiLogger }));
+      router.service(
+        JobService,
+        jobHandlers({
+          db,
+          placer: {
+            ...placer,
+            submit: async (input) => {
+              const job = await placer.submit(input);
+              metrics.jobsSubmitted.inc({ pool: job.resolvedPoolId ?? "" });
+              return job;
+            },
+          },
+          lifecycle,
+          events,
+          logger: apiLogger,
+        }),
+      );
+    },
+    readiness: async () => {
+      const detail: Record<string, string> = {};
+      let ready = state === "running";
+      detail.server = state;
+      try {
+        await db.pools.defaultPool(DEFAULT_SPACE);
+        detail.database = "ok";
+      } catch (error) {
+        ready = false;
+        detail.database = `unreachable: ${(error as Error).message}`;
+      }
+      try {
+        await leases.workerStatus([]);
+        detail.leaseStore = "ok";
+      } catch (error) {
+        ready = false;
+        detail.leaseStore = `unreachable: ${(error as Error).message}`;
+      }
+      return { ready, detail };
+    },
+  });
+
+  let api: Address;
+  let agent: Address;
+  try {
+    agent = await agentPlane.start();
+    api = await apiPlane.start();
+  } catch (error) {
+    await agentPlane.close();
+    await unsubscribeDelivery();
+    await leases.close();
+    await db.close();
+    throw error;
+  }
+  await builtin.start();
+  placer.start();
+  lifecycle.start();
+  state = "running";
+  health.set("", "SERVING");
+  for (const poolId of await db.jobs.poolsWithQueuedJobs()) void placer.drainPool(poolId);
+
+  logger.info(
+    {
+      event: "server_started",
+      api: `${api.host}:${api.port}`,
+      agent: `${agent.host}:${agent.port}`,
+      replicaId: config.replicaId,
+      database: config.databaseUrl === null ? `embedded (${config.dataDir})` : "postgres",
+      leaseStore: config.redisUrl === null ? "in-process" : "redis",
+      builtinWorker: config.builtinWorker,
+      defaultPoolId: defaultPool.id,
+    },
+    "Muster is running",
+  );
+
+  return {
+    get state() {
+      return state;
+    },
+    api,
+    agent,
+    async close() {
+      if (state === "stopping" || state === "stopped") return;
+      state = "stopping";
+      health.set("", "NOT_SERVING");
+      logger.info({ event: "server_stopping" }, "Muster is stopping");
+      await apiPlane.close();
+      await agentPlane.drain(AGENT_DRAIN_MS);
+      await agentPlane.close();
+      await placer.close();
+      await lifecycle.close();
+      await builtin.close();
+      await unsubscribeDelivery();
+      await leases.close();
+      await db.close();
+      state = "stopped";
+      logger.info({ event: "server_stopped" }, "Muster stopped");
+    },
+  };
+}

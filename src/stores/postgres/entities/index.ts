@@ -1,0 +1,19 @@
+// Every entity of the Postgres store, in the order MikroORM should discover them.
+
+import { JobAttemptEntity } from "./job-attempt.ts";
+import { JobEntity } from "./job.ts";
+import { LogChunkEntity } from "./log-chunk.ts";
+import { RegistrationTokenEntity } from "./registration-token.ts";
+import { SpaceEntity } from "./space.ts";
+import { WorkerPoolEntity } from "./worker-pool.ts";
+import { WorkerEntity } from "./worker.ts";
+
+export const entities = [
+  SpaceEntity,
+  WorkerPoolEntity,
+  RegistrationTokenEntity,
+  WorkerEntity,
+  JobEntity,
+  JobAttemptEntity,
+  LogChunkEntity,
+];

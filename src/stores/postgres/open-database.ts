@@ -1,0 +1,167 @@
+// Opens the source-of-truth database: MikroORM 7 on PostgreSQL when given a
+// url, else on PGlite (Postgres in WASM) persisted under a data directory.
+// Either way the committed migrations are applied before anything else runs,
+// and the returned Database owns the ORM until close().
+
+import { mkdir } from "node:fs/promises";
+import type { MigrateOptions, MigrationInfo, Options } from "@mikro-orm/core";
+import { Migrator } from "@mikro-orm/migrations";
+import type { SqlEntityManager } from "@mikro-orm/postgresql";
+import { silentLogger, type Logger } from "../../logger.ts";
+import type { Database } from "../database.ts";
+import { entities } from "./entities/index.ts";
+import { createJobRepository } from "./job-repository.ts";
+import { createLogRepository } from "./log-repository.ts";
+import { migrations } from "./migrations/index.ts";
+import { createOrmLogger } from "./orm-logger.ts";
+import { createPoolRepository } from "./pool-repository.ts";
+import { createStoreContext, quoteIdentifier } from "./store-context.ts";
+import { createWorkerRepository } from "./worker-repository.ts";
+
+/** Connections in the PostgreSQL pool unless `poolSize` says otherwise. */
+const DEFAULT_POOL_SIZE = 10;
+/**
+ * Migrating holds one connection for the advisory lock while MikroORM checks
+ * its bookkeeping table on another, so the pool needs at least two.
+ */
+const MIN_POOL_SIZE = 2;
+const MIGRATIONS_TABLE = "mikro_orm_migrations";
+
+export interface OpenDatabaseOptions {
+  /**
+   * `postgresql://user@host:port/db` selects PostgreSQL. A `schema` query
+   * parameter (`...?schema=t_abc`) works like the `schema` option, which wins
+   * if both are given. Without a url the embedded PGlite is used.
+   */
+  url?: string;
+  /** Where PGlite keeps its files (created if missing); `memory://` for a throwaway database. */
+  dataDir?: string;
+  /** Postgres schema for every table and the migrations table; created if missing. Default: `public`. */
+  schema?: string;
+  logger?: Logger;
+  /** Log every query at debug level. */
+  debug?: boolean;
+  /** Maximum PostgreSQL connections. Default 10. */
+  poolSize?: number;
+}
+
+type Driver = "postgresql" | "pglite";
+
+/** The little of a MikroORM instance this module needs, the same for both drivers. */
+interface Orm {
+  driver: Driver;
+  fork(): SqlEntityManager;
+  migrate(options?: MigrateOptions): Promise<MigrationInfo[]>;
+  close(force?: boolean): Promise<void>;
+}
+
+export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
+  const logger = options.logger ?? silentLogger();
+  const { url, schema } = splitSchemaFromUrl(options.url, options.schema);
+  const orm = await initOrm({ ...options, url, schema, logger });
+  try {
+    const applied = await migrate(orm, schema);
+    logger.info(
+      { event: "database_migrated", driver: orm.driver, schema: schema ?? "public", applied, total: migrations.length },
+      applied.length > 0 ? "database migrations applied" : "database schema up to date",
+    );
+  } catch (error) {
+    await orm.close(true);
+    throw error;
+  }
+
+  const ctx = createStoreContext(orm.fork, schema);
+  const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
+  return {
+    close: () => orm.close(),
+    ensureSpace,
+    pools,
+    tokens,
+    workers: createWorkerRepository(ctx),
+    jobs: createJobRepository(ctx),
+    logs: createLogRepository(ctx),
+  };
+}
+
+/** Starts MikroORM on the driver the options select; each driver package is loaded only when used. */
+async function initOrm(options: OpenDatabaseOptions & { logger: Logger }): Promise<Orm> {
+  const debug = options.debug ?? false;
+  const common = {
+    entities,
+    schema: options.schema,
+    extensions: [Migrator],
+    migrations: {
+      migrationsList: migrations,
+      tableName: MIGRATIONS_TABLE,
+      schema: options.schema,
+      // Snapshots belong to create-migration.ts; a server never writes files.
+      snapshot: false,
+      silent: true,
+    },
+    debug,
+    colors: false,
+    loggerFactory: () => createOrmLogger(options.logger, debug),
+    // Repositories fork per operation; touching the global EntityManager is a bug.
+    allowGlobalContext: false,
+  } satisfies Partial<Options>;
+
+  if (options.url !== undefined) {
+    const { MikroORM } = await import("@mikro-orm/postgresql");
+    const orm = await MikroORM.init({
+      ...common,
+      clientUrl: options.url,
+      pool: { max: Math.max(MIN_POOL_SIZE, options.poolSize ?? DEFAULT_POOL_SIZE) },
+    });
+    return {
+      driver: "postgresql",
+      fork: () => orm.em.fork(),
+      migrate: (migrateOptions) => orm.migrator.up(migrateOptions),
+      close: (force) => orm.close(force),
+    };
+  }
+
+  if (options.dataDir === undefined) {
+    throw new Error("openDatabase needs a url (PostgreSQL) or a dataDir (PGlite; 'memory://' for a throwaway one)");
+  }
+  if (!options.dataDir.includes("://")) await mkdir(options.dataDir, { recursive: true });
+  const { MikroORM } = await import("@mikro-orm/pglite");
+  const orm = await MikroORM.init({ ...common, dbName: options.dataDir });
+  return {
+    driver: "pglite",
+    fork: () => orm.em.fork(),
+    migrate: (migrateOptions) => orm.migrator.up(migrateOptions),
+    close: (force) => orm.close(force),
+  };
+}
+
+/**
+ * Applies pending migrations and returns their names. On PostgreSQL, replicas
+ * starting together queue on a transaction-scoped advisory lock (one per
+ * schema), so exactly one of them migrates and the others find nothing to do.
+ * PGlite is a single process's database and needs no lock.
+ */
+async function migrate(orm: Orm, schema: string | undefined): Promise<string[]> {
+  const em = orm.fork();
+  if (schema !== undefined) await em.execute(`create schema if not exists ${quoteIdentifier(schema)}`);
+  if (orm.driver === "pglite") {
+    return (await orm.migrate()).map((m) => m.name);
+  }
+  return em.transactional(async (tx) => {
+    await tx.execute("select pg_advisory_xact_lock(hashtext(?))", [`muster-migrations:${schema ?? "public"}`]);
+    const applied = await orm.migrate({ transaction: tx.getTransactionContext() });
+    return applied.map((m) => m.name);
+  });
+}
+
+/** Takes a `schema` query parameter off a PostgreSQL url; an explicit schema option wins. */
+function splitSchemaFromUrl(
+  rawUrl: string | undefined,
+  explicitSchema: string | undefined,
+): { url: string | undefined; schema: string | undefined } {
+  if (rawUrl === undefined) return { url: undefined, schema: explicitSchema };
+  const parsed = new URL(rawUrl);
+  const fromUrl = parsed.searchParams.get("schema") ?? undefined;
+  if (fromUrl === undefined) return { url: rawUrl, schema: explicitSchema };
+  parsed.searchParams.delete("schema");
+  return { url: parsed.toString(), schema: explicitSchema ?? fromUrl };
+}

@@ -57,6 +57,18 @@ export interface RegistrationTokenRecord {
   revokedAt: Date | null;
 }
 
+/** Something steps deploy to that runs no agent (a cluster, a web app, a database). */
+export interface TargetRecord {
+  id: string;
+  space: string;
+  name: string;
+  description: string;
+  /** The pool its steps run in when they name no pool (or the space's default pool). */
+  defaultPoolId: string | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
 export interface WorkerRecord {
   id: string;
   space: string;
@@ -78,6 +90,8 @@ export interface JobRecord {
   script: string;
   env: Record<string, string>;
   requestedPoolId: string | null;
+  /** The cloud target the job deploys to, if any. */
+  targetId: string | null;
   runId: string;
   requiredLabels: string[];
   priority: number;

@@ -6,6 +6,7 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AgentService } from "../gen/muster/v1/agent_pb.js";
 import { JobService } from "../gen/muster/v1/job_pb.js";
+import { TargetService } from "../gen/muster/v1/target_pb.js";
 import { WorkerService } from "../gen/muster/v1/worker_pb.js";
 import { WorkerPoolService } from "../gen/muster/v1/worker_pool_pb.js";
 import { createAgentService } from "./agent-plane/agent-service.ts";
@@ -13,6 +14,7 @@ import { createAgentPlaneServer } from "./agent-plane/agent-plane-server.ts";
 import { createSessionRegistry } from "./agent-plane/session-registry.ts";
 import { createApiPlane } from "./api/api-plane.ts";
 import { jobHandlers } from "./api/job-handlers.ts";
+import { targetHandlers } from "./api/target-handlers.ts";
 import { workerHandlers } from "./api/worker-handlers.ts";
 import { workerPoolHandlers } from "./api/worker-pool-handlers.ts";
 import type { ServerConfig } from "./config.ts";
@@ -145,10 +147,11 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     logger: apiLogger,
     health,
     metrics: metrics.registry,
-    services: [WorkerPoolService, WorkerService, JobService],
+    services: [WorkerPoolService, WorkerService, TargetService, JobService],
     routes: (router: ConnectRouter) => {
       router.service(WorkerPoolService, workerPoolHandlers({ db, leases, logger: apiLogger }));
       router.service(WorkerService, workerHandlers({ db, leases, placer, logger: apiLogger }));
+      router.service(TargetService, targetHandlers({ db, logger: apiLogger }));
       router.service(
         JobService,
         jobHandlers({

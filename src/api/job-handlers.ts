@@ -10,6 +10,7 @@ import type { JobLifecycle } from "../scheduler/job-lifecycle.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
 import { readLogs } from "../scheduler/log-reader.ts";
 import type { Database } from "../stores/database.ts";
+import { waitingReason } from "../core/placement-decision.ts";
 import { mapErrors } from "./errors.ts";
 import { chunkToProto, JOB_STATES, jobToProto } from "./to-proto.ts";
 import * as v from "./validate.ts";
@@ -52,12 +53,17 @@ export function jobHandlers({ db, placer, lifecycle, events, logger }: JobHandle
     return job;
   }
 
+  /** The job with its pool and worker names and, while it waits, how many jobs are ahead of it. */
   async function withNames(job: JobRecord) {
     const [pool, worker] = await Promise.all([
       job.resolvedPoolId === null ? null : db.pools.get(job.resolvedPoolId),
-      job.workerId === null ? null : db.workers.get(job.workerId),
+      job.workerId === null || job.builtinWorker ? null : db.workers.get(job.workerId),
     ]);
-    return jobToProto(job, { pool: pool?.name, worker: worker?.name });
+    const message = jobToProto(job, { pool: pool?.name, worker: job.builtinWorker ? "built-in" : worker?.name });
+    if (job.state === "queued" && pool !== null && message.placement !== undefined) {
+      message.placement.workerReason = waitingReason(job.workerReason, pool.name, await db.jobs.queueDepth(pool.id, job));
+    }
+    return message;
   }
 
   async function* watch(jobId: string, context: HandlerContext) {
@@ -120,16 +126,22 @@ export function jobHandlers({ db, placer, lifecycle, events, logger }: JobHandle
           requestedPoolId = v.id(request.workerPoolId, "worker_pool_id");
           if (requestedPoolId === null) throw v.notFound("worker pool", request.workerPoolId);
         }
+        let targetId: string | null = null;
+        if (request.targetId !== "") {
+          targetId = v.id(request.targetId, "target_id");
+          if (targetId === null) throw v.notFound("target", request.targetId);
+        }
         const job = await placer.submit({
           space,
           name,
           script: request.script,
           env: request.env,
           requestedPoolId,
+          targetId,
           runId: request.runId,
           requiredLabels: [...new Set(request.requiredLabels.map((l) => l.trim()).filter((l) => l !== ""))],
           priority: request.priority,
-          exclusive: false,
+          exclusive: request.exclusive,
           timeoutMs: durationMs(request.timeout, "timeout"),
           queueTimeoutMs: durationMs(request.queueTimeout, "queue_timeout"),
           maxAttempts: request.maxAttempts === 0 ? 1 : request.maxAttempts,
@@ -154,12 +166,13 @@ export function jobHandlers({ db, placer, lifecycle, events, logger }: JobHandle
           state: request.state === 0 ? undefined : STATE_NAMES[request.state],
           runId: request.runId === "" ? undefined : request.runId,
           workerId: request.workerId === "" ? undefined : (v.id(request.workerId, "worker_id") ?? "00000000-0000-0000-0000-000000000000"),
+          targetId: request.targetId === "" ? undefined : (v.id(request.targetId, "target_id") ?? "00000000-0000-0000-0000-000000000000"),
         };
         if (request.state !== 0 && filter.state === undefined) throw v.invalid(`unknown state ${request.state}`);
         const jobs = await db.jobs.list(filter, { limit: limit + 1, after });
         const page = jobs.slice(0, limit);
         return {
-          jobs: page.map((job) => jobToProto(job)),
+          jobs: await Promise.all(page.map(withNames)),
           nextPageToken: jobs.length > limit ? Buffer.from(page[page.length - 1].id).toString("base64url") : "",
         };
       },

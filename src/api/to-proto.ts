@@ -110,6 +110,8 @@ export function jobToProto(job: JobRecord, names: { pool?: string; worker?: stri
     name: job.name,
     script: job.script,
     requestedWorkerPoolId: job.requestedPoolId ?? "",
+    targetId: job.targetId ?? "",
+    exclusive: job.exclusive,
     runId: job.runId,
     env: job.env,
     requiredLabels: job.requiredLabels,

@@ -5,6 +5,7 @@ import { WorkerService } from "../../gen/muster/v1/worker_pb.js";
 import type { WorkerRecord, WorkerState } from "../domain.ts";
 import type { Logger } from "../logger.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
+import { encodeWorkerMessage } from "../scheduler/worker-messages.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
 import { mapErrors } from "./errors.ts";
@@ -67,6 +68,31 @@ export function workerHandlers({ db, leases, placer, logger }: WorkerHandlerDeps
       },
       enableWorker: (request) => setState(request.id, "enabled"),
       disableWorker: (request) => setState(request.id, "disabled"),
+      async drainWorker(request) {
+        const { worker } = await setState(request.id, "draining");
+        if (request.exitWhenIdle) {
+          await leases.deliver({ workerId: worker.id, payload: encodeWorkerMessage({ type: "drain", exitWhenIdle: true }) });
+        }
+        const busy = worker.activeLeases > 0;
+        return { worker, busy, safeToTerminate: !busy };
+      },
+      async deleteWorker(request) {
+        const worker = await find(request.id);
+        const live = await db.jobs.liveAttemptsOfWorker(worker.id);
+        if (!(await db.workers.delete(worker.id))) throw v.notFound("worker", request.id);
+        // The credential no longer resolves; close the stream wherever it is held.
+        await leases.deliver({
+          workerId: worker.id,
+          payload: encodeWorkerMessage({ type: "disconnect", reason: "the worker was deleted", code: 16 }),
+        });
+        await leases.removeWorker(worker.id);
+        for (const attempt of live) {
+          const job = await db.jobs.get(attempt.jobId);
+          if (job !== null) await placer.requeue(job, attempt.attempt, "worker_lost", `worker ${worker.name} was deleted`);
+        }
+        logger.info({ event: "worker_deleted", workerId: worker.id, name: worker.name, requeued: live.length }, "worker deleted");
+        return {};
+      },
     } satisfies Partial<ServiceImpl<typeof WorkerService>>,
     logger,
   );

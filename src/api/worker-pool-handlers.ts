@@ -1,7 +1,8 @@
 // WorkerPoolService: pools and their registration tokens.
 
 import type { ServiceImpl } from "@connectrpc/connect";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { WorkerHealth } from "../../gen/muster/v1/worker_pb.js";
 import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
 import { newSecret } from "../auth/secrets.ts";
 import type { Logger } from "../logger.ts";
@@ -9,7 +10,8 @@ import { encodeWorkerMessage } from "../scheduler/worker-messages.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
 import { mapErrors } from "./errors.ts";
-import { poolToProto, tokenToProto } from "./to-proto.ts";
+import type { WorkerPoolRecord } from "../domain.ts";
+import { poolToProto, tokenToProto, workerHealth } from "./to-proto.ts";
 import * as v from "./validate.ts";
 
 export interface WorkerPoolHandlerDeps {
@@ -19,6 +21,25 @@ export interface WorkerPoolHandlerDeps {
 }
 
 export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
+  /** The pool with its live figures: healthy workers, free capacity, queue depth and oldest wait. */
+  async function withStats(record: WorkerPoolRecord) {
+    const [workers, queue] = await Promise.all([db.workers.list(record.space, record.id), db.jobs.queueStats(record.id)]);
+    const live = await leases.workerStatus(workers.map((w) => w.id));
+    let healthyWorkers = 0;
+    let freeCapacity = 0;
+    for (const worker of workers) {
+      if (workerHealth(worker, live.get(worker.id)) !== WorkerHealth.HEALTHY) continue;
+      healthyWorkers++;
+      freeCapacity += Math.max(0, worker.capacity - (live.get(worker.id)?.activeLeases ?? 0));
+    }
+    const message = poolToProto(record);
+    message.healthyWorkers = healthyWorkers;
+    message.freeCapacity = freeCapacity;
+    message.queuedJobs = queue.queued;
+    message.oldestQueuedTime = queue.oldestQueuedAt === null ? undefined : timestampFromDate(queue.oldestQueuedAt);
+    return message;
+  }
+
   async function pool(rawId: string, field = "id") {
     const id = v.id(rawId, field);
     const found = id === null ? null : await db.pools.get(id);
@@ -47,12 +68,12 @@ export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps
         return { workerPool: poolToProto(created), registrationToken: secret, registrationTokenInfo: tokenToProto(token) };
       },
       async getWorkerPool(request) {
-        return { workerPool: poolToProto(await pool(request.id)) };
+        return { workerPool: await withStats(await pool(request.id)) };
       },
       async listWorkerPools(request) {
         const space = v.space(request.space);
         await db.ensureSpace(space);
-        return { workerPools: (await db.pools.list(space)).map(poolToProto) };
+        return { workerPools: await Promise.all((await db.pools.list(space)).map(withStats)) };
       },
       async updateWorkerPool(request) {
         const existing = await pool(request.id);
@@ -66,7 +87,8 @@ export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps
       async deleteWorkerPool(request) {
         const existing = await pool(request.id);
         const workers = request.force ? await db.workers.list(existing.space, existing.id) : [];
-        if (!(await db.pools.delete(existing.id, { force: request.force }))) throw v.notFound("worker pool", request.id);
+        const deleted = await db.pools.delete(existing.id, { force: request.force, clearTargetDefaults: request.clearTargetDefaults });
+        if (!deleted) throw v.notFound("worker pool", request.id);
         for (const worker of workers) {
           await leases.deliver({ workerId: worker.id, payload: encodeWorkerMessage({ type: "disconnect", reason: "worker pool deleted", code: 16 }) });
           await leases.removeWorker(worker.id);

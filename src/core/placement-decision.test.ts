@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { decideOnChoice, routeJob } from "./placement-decision.ts";
+import { decideOnChoice, routeJob, waitingReason } from "./placement-decision.ts";
 
 describe("routeJob", () => {
   const cases = [
@@ -19,7 +19,7 @@ describe("routeJob", () => {
 });
 
 describe("decideOnChoice", () => {
-  const base = { poolName: "linux", targetName: null, requiredLabels: [], queueDeadlineMs: null, now: 1000, jobsAhead: 0 };
+  const base = { poolName: "linux", targetName: null, requiredLabels: [], queueDeadlineMs: null, now: 1000 };
 
   test("leased: explains the tie-break", () => {
     const outcome = decideOnChoice({ ...base, choice: { ok: true, workerId: "w1", leasesBefore: 1, eligible: 3, tieBreak: "same_run" } });
@@ -27,9 +27,14 @@ describe("decideOnChoice", () => {
     assert.match(outcome.kind === "leased" ? outcome.reason : "", /already served this run/);
   });
 
-  test("all busy: waits and says how many are ahead", () => {
-    const outcome = decideOnChoice({ ...base, jobsAhead: 12, choice: { ok: false, code: "all_busy", healthy: 3, matching: 3 } });
-    assert.deepEqual(outcome, { kind: "wait", reason: "pool linux: 3 healthy workers, all at capacity; 12 jobs ahead" });
+  test("all busy: waits, and the reason says how many are ahead", () => {
+    const outcome = decideOnChoice({ ...base, choice: { ok: false, code: "all_busy", healthy: 3, matching: 3 } });
+    assert.equal(outcome.kind, "wait");
+    assert.equal(
+      waitingReason(outcome.kind === "wait" ? outcome.reason : "", "linux", 12),
+      "pool linux: 3 healthy workers, all at capacity; 12 jobs ahead",
+    );
+    assert.equal(waitingReason("", "linux", 1), "pool linux: waiting in the queue; 1 job ahead");
   });
 
   test("no healthy worker: fails at once", () => {

@@ -32,6 +32,12 @@ function labelText(labels: readonly string[]): string {
   return labels.length === 0 ? "" : ` with labels ${labels.join(", ")}`;
 }
 
+/** How a queued job's wait reads, with the live count of jobs ahead of it. */
+export function waitingReason(stored: string, poolName: string, jobsAhead: number): string {
+  const base = stored === "" ? `pool ${poolName}: waiting in the queue` : stored;
+  return `${base}; ${jobsAhead === 1 ? "1 job" : `${jobsAhead} jobs`} ahead`;
+}
+
 /**
  * Steps 2 and 3 of "Choosing the worker", given the store's atomic choice.
  * `queueDeadline`: the job asked to wait for a healthy worker until then.
@@ -43,7 +49,6 @@ export function decideOnChoice(input: {
   requiredLabels: readonly string[];
   queueDeadlineMs: number | null;
   now: number;
-  jobsAhead: number;
 }): Outcome {
   const { choice, poolName } = input;
   if (choice.ok) {
@@ -60,10 +65,9 @@ export function decideOnChoice(input: {
     };
   }
   if (choice.code === "all_busy") {
-    const ahead = input.jobsAhead === 1 ? "1 job ahead" : `${input.jobsAhead} jobs ahead`;
     return {
       kind: "wait",
-      reason: `pool ${poolName}: ${choice.matching} healthy workers${labelText(input.requiredLabels)}, all at capacity; ${ahead}`,
+      reason: `pool ${poolName}: ${choice.matching} healthy workers${labelText(input.requiredLabels)}, all at capacity`,
     };
   }
   const via = input.targetName === null ? "" : ` (default pool of target ${input.targetName})`;

@@ -37,6 +37,14 @@ const OUTCOMES: Record<number, FinishOutcomeName> = {
   [FinishOutcome.SPAWN_FAILED]: "spawn_failed",
 };
 
+/**
+ * The server's environment without its own MUSTER_* settings: database and
+ * Redis URLs (with their passwords) must not reach job scripts.
+ */
+function serverFreeEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith("MUSTER_")));
+}
+
 export interface BuiltinWorkerOptions {
   db: Database;
   leases: LeaseStore;
@@ -91,7 +99,7 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
       dir,
       script: job.script,
       env: {
-        ...process.env,
+        ...serverFreeEnv(),
         ...job.env,
         MUSTER_JOB_ID: job.id,
         MUSTER_ATTEMPT: String(attempt),

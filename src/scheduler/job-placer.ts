@@ -12,7 +12,7 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.ts";
 import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
-import { resolvePool, type PoolRef } from "../core/resolve-pool.ts";
+import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
 import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
 import type { Database } from "../stores/database.ts";
 import { LeaseHeldError, type LeaseStore } from "../stores/lease-store.ts";
@@ -30,6 +30,7 @@ export interface SubmitInput {
   script: string;
   env: Record<string, string>;
   requestedPoolId: string | null;
+  targetId: string | null;
   runId: string;
   requiredLabels: string[];
   priority: number;
@@ -88,7 +89,16 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       }
       requested = pool;
     }
-    const resolution = resolvePool({ spaceDefault, requested, target: null });
+    let target: TargetRef | null = null;
+    if (input.targetId !== null) {
+      const found = await db.targets.get(input.targetId);
+      if (found === null || found.space !== input.space) {
+        throw new NotFoundError(`target ${input.targetId} not found in space ${input.space}`);
+      }
+      const pool = found.defaultPoolId === null ? null : await db.pools.get(found.defaultPoolId);
+      target = { id: found.id, name: found.name, defaultPool: pool };
+    }
+    const resolution = resolvePool({ spaceDefault, requested, target });
     const now = new Date();
     const job = await db.jobs.create({
       id: randomUUID(),
@@ -97,6 +107,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       script: input.script,
       env: input.env,
       requestedPoolId: input.requestedPoolId,
+      targetId: input.targetId,
       runId: input.runId,
       requiredLabels: input.requiredLabels,
       priority: input.priority,
@@ -150,8 +161,14 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         builtinEnabled: options.builtin.enabled,
       });
       let progressed = 0;
-      for (const [index, job] of queued.entries()) {
-        const result = route.kind === "pool" ? await placeOnPool(job, pool, index) : await placeElsewhere(job, route);
+      const targetNames = new Map<string, string | null>();
+      for (const job of queued) {
+        let targetName: string | null = null;
+        if (job.targetId !== null && job.poolRule === "target_default") {
+          if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await db.targets.get(job.targetId))?.name ?? null);
+          targetName = targetNames.get(job.targetId) ?? null;
+        }
+        const result = route.kind === "pool" ? await placeOnPool(job, pool, targetName) : await placeElsewhere(job, route);
         if (result === "blocked") return;
         if (result === "placed") progressed++;
       }
@@ -170,7 +187,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     return (await options.builtin.tryStart(job)) ? "placed" : "blocked";
   }
 
-  async function placeOnPool(job: JobRecord, pool: WorkerPoolRecord, index: number): Promise<"placed" | "blocked" | "skipped"> {
+  async function placeOnPool(job: JobRecord, pool: WorkerPoolRecord, targetName: string | null): Promise<"placed" | "blocked" | "skipped"> {
     const attempt = job.attempt + 1;
     let choice;
     try {
@@ -192,11 +209,10 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     const outcome = decideOnChoice({
       choice,
       poolName: pool.name,
-      targetName: null,
+      targetName,
       requiredLabels: job.requiredLabels,
       queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
       now,
-      jobsAhead: index,
     });
     if (outcome.kind === "fail") {
       await fail(job, outcome.reason, outcome.message);

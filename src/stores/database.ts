@@ -9,6 +9,7 @@ import type {
   JobState,
   LogChunkRecord,
   RegistrationTokenRecord,
+  TargetRecord,
   WorkerPoolRecord,
   WorkerRecord,
   WorkerState,
@@ -31,6 +32,7 @@ export interface NewJob {
   script: string;
   env: Record<string, string>;
   requestedPoolId: string | null;
+  targetId: string | null;
   runId: string;
   requiredLabels: string[];
   priority: number;
@@ -85,6 +87,7 @@ export interface JobFilter {
   state?: JobState;
   runId?: string;
   workerId?: string;
+  targetId?: string;
 }
 
 export interface Database {
@@ -102,10 +105,13 @@ export interface Database {
     /** Null if not found; AlreadyExistsError on a taken name. */
     update(id: string, patch: { name?: string; description?: string }): Promise<WorkerPoolRecord | null>;
     /**
-     * False if not found. PreconditionError for the default pool, and for a
-     * pool with workers unless `force` (then its workers are deleted too).
+     * False if not found. PreconditionError for the default pool; for a pool
+     * with workers unless `force` (then its workers are deleted too); and for
+     * a pool that targets name as their default pool unless
+     * `clearTargetDefaults` (then those targets' default pool is cleared in
+     * the same transaction). The PreconditionError message names the targets.
      */
-    delete(id: string, options: { force: boolean }): Promise<boolean>;
+    delete(id: string, options: { force: boolean; clearTargetDefaults?: boolean }): Promise<boolean>;
     /** Makes the pool its space's only default in one transaction; null if not found. */
     setDefault(id: string): Promise<WorkerPoolRecord | null>;
   };
@@ -126,6 +132,20 @@ export interface Database {
      * records `now` as its last use. Null otherwise.
      */
     use(secretHash: string, now: Date): Promise<RegistrationTokenRecord | null>;
+  };
+
+  targets: {
+    /**
+     * AlreadyExistsError if the name is taken in the space; PreconditionError
+     * if defaultPoolId is not a pool of the same space.
+     */
+    create(input: { space: string; name: string; description: string; defaultPoolId: string | null }): Promise<TargetRecord>;
+    get(id: string): Promise<TargetRecord | null>;
+    /** By name. */
+    list(space: string): Promise<TargetRecord[]>;
+    /** Null if not found; `defaultPoolId: null` clears it; same errors as create. */
+    update(id: string, patch: { name?: string; description?: string; defaultPoolId?: string | null }): Promise<TargetRecord | null>;
+    delete(id: string): Promise<boolean>;
   };
 
   workers: {
@@ -169,6 +189,8 @@ export interface Database {
     queued(poolId: string, limit: number): Promise<JobRecord[]>;
     /** Number of queued jobs of a pool ahead of (placed before) the given job, or all of them if omitted. */
     queueDepth(poolId: string, before?: JobRecord): Promise<number>;
+    /** How many jobs of the pool are queued, and since when the oldest waits. */
+    queueStats(poolId: string): Promise<{ queued: number; oldestQueuedAt: Date | null }>;
     /** Pools that have queued jobs. */
     poolsWithQueuedJobs(): Promise<string[]>;
     /** Queued jobs whose queue deadline is before `now`. */

@@ -49,6 +49,7 @@ function newJob(space: string, overrides: Partial<NewJob> = {}): NewJob {
     script: "echo hello",
     env: { REGION: "eu-west-1", EMPTY: "" },
     requestedPoolId: null,
+    targetId: null,
     runId: "run-1",
     requiredLabels: ["linux", "terraform"],
     priority: 0,
@@ -391,6 +392,138 @@ describe("PostgreSQL database", () => {
     });
   });
 
+  describe("targets", () => {
+    test("create, get, list by name, update and delete", async () => {
+      const space = freshSpace();
+      const pool = await db.pools.create({ space, name: "linux", description: "" });
+      const web = await db.targets.create({ space, name: "web-eu", description: "web app", defaultPoolId: null });
+      const aks = await db.targets.create({ space, name: "aks-prod", description: "cluster", defaultPoolId: pool.id });
+      assert.equal(aks.defaultPoolId, pool.id);
+      assert.equal(web.defaultPoolId, null);
+      assert.deepEqual(await db.targets.get(aks.id), aks);
+      assert.deepEqual(
+        (await db.targets.list(space)).map((target) => target.name),
+        ["aks-prod", "web-eu"],
+      );
+
+      const described = await db.targets.update(web.id, { description: "the web app", defaultPoolId: pool.id });
+      assert.equal(described?.name, "web-eu");
+      assert.equal(described?.description, "the web app");
+      assert.equal(described?.defaultPoolId, pool.id);
+      assert.ok(described!.updatedAt.getTime() >= web.updatedAt.getTime());
+      const renamed = await db.targets.update(web.id, { name: "web-west" });
+      assert.equal(renamed?.defaultPoolId, pool.id, "an update without defaultPoolId leaves it as is");
+      const cleared = await db.targets.update(web.id, { defaultPoolId: null });
+      assert.equal(cleared?.defaultPoolId, null);
+      assert.equal(cleared?.name, "web-west");
+      assert.deepEqual(await db.targets.get(web.id), cleared);
+
+      assert.equal(await db.targets.delete(web.id), true);
+      assert.equal(await db.targets.get(web.id), null);
+      assert.equal(await db.targets.delete(web.id), false);
+      assert.equal(await db.targets.delete("not-a-uuid"), false);
+      assert.equal(await db.targets.get("not-a-uuid"), null);
+      assert.equal(await db.targets.update(randomUUID(), { name: "x" }), null);
+      assert.deepEqual(await db.targets.list(freshSpace()), []);
+    });
+
+    test("names are unique within a space, not across spaces", async () => {
+      const space = freshSpace();
+      const other = freshSpace();
+      const first = await db.targets.create({ space, name: "aks-prod", description: "", defaultPoolId: null });
+      await assert.rejects(
+        db.targets.create({ space, name: "aks-prod", description: "again", defaultPoolId: null }),
+        AlreadyExistsError,
+      );
+      const elsewhere = await db.targets.create({ space: other, name: "aks-prod", description: "", defaultPoolId: null });
+      assert.equal(elsewhere.space, other);
+      // create() made sure the space (and its default pool) exist.
+      assert.equal((await db.pools.defaultPool(other))?.name, "default");
+      const second = await db.targets.create({ space, name: "aks-dev", description: "", defaultPoolId: null });
+      await assert.rejects(db.targets.update(second.id, { name: "aks-prod" }), AlreadyExistsError);
+      assert.equal((await db.targets.get(second.id))?.name, "aks-dev");
+      assert.equal((await db.targets.get(first.id))?.name, "aks-prod");
+    });
+
+    test("the default pool must be a pool of the same space", async () => {
+      const space = freshSpace();
+      const other = freshSpace();
+      const foreignPool = await db.pools.create({ space: other, name: "linux", description: "" });
+      const ownPool = await db.pools.create({ space, name: "linux", description: "" });
+      await assert.rejects(
+        db.targets.create({ space, name: "t", description: "", defaultPoolId: foreignPool.id }),
+        PreconditionError,
+      );
+      await assert.rejects(
+        db.targets.create({ space, name: "t", description: "", defaultPoolId: randomUUID() }),
+        PreconditionError,
+      );
+      await assert.rejects(
+        db.targets.create({ space, name: "t", description: "", defaultPoolId: "not-a-uuid" }),
+        PreconditionError,
+      );
+      assert.deepEqual(await db.targets.list(space), []);
+      const target = await db.targets.create({ space, name: "t", description: "", defaultPoolId: ownPool.id });
+      await assert.rejects(db.targets.update(target.id, { defaultPoolId: foreignPool.id }), PreconditionError);
+      await assert.rejects(db.targets.update(target.id, { name: "renamed", defaultPoolId: randomUUID() }), PreconditionError);
+      assert.deepEqual(await db.targets.get(target.id), target, "a refused update changes nothing");
+    });
+
+    test("a pool that targets name as default is not deleted unless their defaults are cleared", async () => {
+      const space = freshSpace();
+      const pool = await db.pools.create({ space, name: "linux", description: "" });
+      const spare = await db.pools.create({ space, name: "spare", description: "" });
+      const web = await db.targets.create({ space, name: "web-eu", description: "", defaultPoolId: pool.id });
+      const aks = await db.targets.create({ space, name: "aks-prod", description: "", defaultPoolId: pool.id });
+      const untouched = await db.targets.create({ space, name: "db", description: "", defaultPoolId: spare.id });
+
+      await assert.rejects(db.pools.delete(pool.id, { force: true }), (error: unknown) => {
+        assert.ok(error instanceof PreconditionError);
+        assert.equal(
+          error.message,
+          "worker pool linux is the default pool of targets aks-prod, web-eu; clear their default pool or delete with clear_target_defaults",
+        );
+        return true;
+      });
+      await assert.rejects(db.pools.delete(pool.id, { force: false, clearTargetDefaults: false }), /aks-prod, web-eu/);
+      assert.notEqual(await db.pools.get(pool.id), null);
+      assert.equal((await db.targets.get(aks.id))?.defaultPoolId, pool.id);
+
+      // The default pool is still refused first, targets or not.
+      const defaultPool = await db.pools.defaultPool(space);
+      await db.targets.update(untouched.id, { defaultPoolId: defaultPool!.id });
+      await assert.rejects(
+        db.pools.delete(defaultPool!.id, { force: true, clearTargetDefaults: true }),
+        /is the default pool of space/,
+      );
+      assert.equal((await db.targets.get(untouched.id))?.defaultPoolId, defaultPool!.id);
+
+      // Targets are checked before workers: without force, a pool with both names the targets.
+      const worker = await db.workers.create(workerInput(space, pool.id));
+      await assert.rejects(db.pools.delete(pool.id, { force: false }), /default pool of targets/);
+      // Clearing the defaults alone still leaves the workers in the way, and rolls back.
+      await assert.rejects(db.pools.delete(pool.id, { force: false, clearTargetDefaults: true }), /worker/);
+      assert.equal((await db.targets.get(web.id))?.defaultPoolId, pool.id);
+
+      assert.equal(await db.pools.delete(pool.id, { force: true, clearTargetDefaults: true }), true);
+      assert.equal(await db.pools.get(pool.id), null);
+      assert.equal(await db.workers.get(worker.id), null);
+      for (const target of [web, aks]) {
+        const after = await db.targets.get(target.id);
+        assert.equal(after?.defaultPoolId, null);
+        assert.ok(after!.updatedAt.getTime() >= target.updatedAt.getTime());
+      }
+      assert.equal((await db.targets.get(untouched.id))?.defaultPoolId, defaultPool!.id);
+
+      // One target: the message says so.
+      await db.targets.update(untouched.id, { defaultPoolId: spare.id });
+      await assert.rejects(
+        db.pools.delete(spare.id, { force: false }),
+        /^PreconditionError: worker pool spare is the default pool of target db; clear its default pool or delete with clear_target_defaults$/,
+      );
+    });
+  });
+
   describe("jobs", () => {
     test("create and get round-trip every field", async () => {
       const space = freshSpace();
@@ -645,6 +778,60 @@ describe("PostgreSQL database", () => {
         [created[0].id],
       );
       assert.deepEqual(await db.jobs.list({ space: freshSpace() }, { limit: 10 }), []);
+    });
+
+    test("queueStats counts the pool's queued jobs and the oldest one's creation time", async () => {
+      const space = freshSpace();
+      const pool = await db.ensureSpace(space);
+      const other = await db.pools.create({ space, name: "other", description: "" });
+      assert.deepEqual(await db.jobs.queueStats(pool.id), { queued: 0, oldestQueuedAt: null });
+      const oldest = new Date("2031-03-01T00:00:00.123Z");
+      const placed = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: new Date("2031-02-01T00:00:00.000Z") }));
+      await db.jobs.transition(placed.id, { states: ["queued"] }, { state: "assigned", attempt: 1 });
+      await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: new Date("2031-03-05T00:00:00.000Z"), priority: 9 }));
+      await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: oldest }));
+      await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: new Date("2031-03-02T00:00:00.000Z") }));
+      await db.jobs.create(newJob(space, { resolvedPoolId: other.id, createdAt: new Date("2020-01-01T00:00:00.000Z") }));
+      const stats = await db.jobs.queueStats(pool.id);
+      assert.equal(stats.queued, 3);
+      assert.ok(stats.oldestQueuedAt instanceof Date);
+      assert.equal(stats.oldestQueuedAt.toISOString(), oldest.toISOString());
+      assert.equal(stats.queued, await db.jobs.queueDepth(pool.id));
+      assert.equal((await db.jobs.queueStats(other.id)).queued, 1);
+      assert.deepEqual(await db.jobs.queueStats(randomUUID()), { queued: 0, oldestQueuedAt: null });
+      assert.deepEqual(await db.jobs.queueStats("not-a-uuid"), { queued: 0, oldestQueuedAt: null });
+    });
+
+    test("jobs keep their target, also after the target is gone, and list filters by it", async () => {
+      const space = freshSpace();
+      const pool = await db.ensureSpace(space);
+      const aks = await db.targets.create({ space, name: "aks-prod", description: "", defaultPoolId: pool.id });
+      const web = await db.targets.create({ space, name: "web-eu", description: "", defaultPoolId: null });
+      const onAks = [
+        await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, targetId: aks.id, poolRule: "target_default" })),
+        await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, targetId: aks.id, poolRule: "target_default" })),
+      ];
+      const onWeb = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, targetId: web.id }));
+      const none = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id }));
+      assert.equal(onAks[0].targetId, aks.id);
+      assert.equal((await db.jobs.get(onAks[0].id))?.targetId, aks.id);
+      assert.equal((await db.jobs.get(none.id))?.targetId, null);
+      assert.deepEqual(
+        (await db.jobs.list({ space, targetId: aks.id }, { limit: 10 })).map((job) => job.id),
+        [onAks[1].id, onAks[0].id],
+      );
+      assert.deepEqual(
+        (await db.jobs.list({ space, targetId: web.id }, { limit: 10 })).map((job) => job.id),
+        [onWeb.id],
+      );
+      assert.deepEqual(await db.jobs.list({ space, targetId: randomUUID() }, { limit: 10 }), []);
+      assert.deepEqual(await db.jobs.list({ space, targetId: "not-a-uuid" }, { limit: 10 }), []);
+      assert.equal((await db.jobs.list({ space }, { limit: 10 })).length, 4);
+
+      // No foreign key: the job's history outlives the target.
+      assert.equal(await db.targets.delete(aks.id), true);
+      assert.equal((await db.jobs.get(onAks[0].id))?.targetId, aks.id);
+      assert.equal((await db.jobs.list({ space, targetId: aks.id }, { limit: 10 })).length, 2);
     });
   });
 

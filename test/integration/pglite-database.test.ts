@@ -58,6 +58,7 @@ describe("PGlite database", () => {
       script: "tofu plan",
       env: { TF_IN_AUTOMATION: "1" },
       requestedPoolId: pool.id,
+      targetId: null,
       runId: "run-1",
       requiredLabels: ["linux"],
       priority: 1,
@@ -126,6 +127,14 @@ describe("PGlite database", () => {
     try {
       const pool = await db.ensureSpace("default");
       assert.equal(pool.isDefault, true);
+      // Targets and the pool-delete check against them work on PGlite too.
+      const linux = await db.pools.create({ space: "default", name: "linux", description: "" });
+      const target = await db.targets.create({ space: "default", name: "aks-prod", description: "", defaultPoolId: linux.id });
+      assert.deepEqual(await db.targets.list("default"), [target]);
+      await assert.rejects(db.pools.delete(linux.id, { force: false }), /default pool of target aks-prod/);
+      assert.equal(await db.pools.delete(linux.id, { force: false, clearTargetDefaults: true }), true);
+      assert.equal((await db.targets.get(target.id))?.defaultPoolId, null);
+      assert.deepEqual(await db.jobs.queueStats(pool.id), { queued: 0, oldestQueuedAt: null });
     } finally {
       await db.close();
     }

@@ -187,6 +187,16 @@ export declare type Job = Message<"muster.v1.Job"> & {
    * @generated from field: int32 priority = 22;
    */
   priority: number;
+
+  /**
+   * @generated from field: string target_id = 23;
+   */
+  targetId: string;
+
+  /**
+   * @generated from field: bool exclusive = 24;
+   */
+  exclusive: boolean;
 };
 
 /**
@@ -272,6 +282,22 @@ export declare type SubmitJobRequest = Message<"muster.v1.SubmitJobRequest"> & {
    * @generated from field: int32 priority = 11;
    */
   priority: number;
+
+  /**
+   * The cloud target the step deploys to; its default pool applies when the
+   * step names no pool or the space's default pool.
+   *
+   * @generated from field: string target_id = 12;
+   */
+  targetId: string;
+
+  /**
+   * Run only on a worker holding no other lease, and let it take no other
+   * lease until this job ends.
+   *
+   * @generated from field: bool exclusive = 13;
+   */
+  exclusive: boolean;
 };
 
 /**
@@ -358,6 +384,11 @@ export declare type ListJobsRequest = Message<"muster.v1.ListJobsRequest"> & {
    * @generated from field: string worker_id = 5;
    */
   workerId: string;
+
+  /**
+   * @generated from field: string target_id = 8;
+   */
+  targetId: string;
 
   /**
    * At most this many jobs, newest first; 0 means 100, the maximum is 1000.

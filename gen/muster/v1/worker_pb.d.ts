@@ -232,6 +232,87 @@ export declare type DisableWorkerResponse = Message<"muster.v1.DisableWorkerResp
 export declare const DisableWorkerResponseSchema: GenMessage<DisableWorkerResponse>;
 
 /**
+ * @generated from message muster.v1.DrainWorkerRequest
+ */
+export declare type DrainWorkerRequest = Message<"muster.v1.DrainWorkerRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Tell the agent to exit once its running jobs have ended.
+   *
+   * @generated from field: bool exit_when_idle = 2;
+   */
+  exitWhenIdle: boolean;
+};
+
+/**
+ * Describes the message muster.v1.DrainWorkerRequest.
+ * Use `create(DrainWorkerRequestSchema)` to create a new message.
+ */
+export declare const DrainWorkerRequestSchema: GenMessage<DrainWorkerRequest>;
+
+/**
+ * @generated from message muster.v1.DrainWorkerResponse
+ */
+export declare type DrainWorkerResponse = Message<"muster.v1.DrainWorkerResponse"> & {
+  /**
+   * @generated from field: muster.v1.Worker worker = 1;
+   */
+  worker?: Worker | undefined;
+
+  /**
+   * The worker still holds leases.
+   *
+   * @generated from field: bool busy = 2;
+   */
+  busy: boolean;
+
+  /**
+   * No lease is held: the host can be terminated without losing work.
+   *
+   * @generated from field: bool safe_to_terminate = 3;
+   */
+  safeToTerminate: boolean;
+};
+
+/**
+ * Describes the message muster.v1.DrainWorkerResponse.
+ * Use `create(DrainWorkerResponseSchema)` to create a new message.
+ */
+export declare const DrainWorkerResponseSchema: GenMessage<DrainWorkerResponse>;
+
+/**
+ * @generated from message muster.v1.DeleteWorkerRequest
+ */
+export declare type DeleteWorkerRequest = Message<"muster.v1.DeleteWorkerRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message muster.v1.DeleteWorkerRequest.
+ * Use `create(DeleteWorkerRequestSchema)` to create a new message.
+ */
+export declare const DeleteWorkerRequestSchema: GenMessage<DeleteWorkerRequest>;
+
+/**
+ * @generated from message muster.v1.DeleteWorkerResponse
+ */
+export declare type DeleteWorkerResponse = Message<"muster.v1.DeleteWorkerResponse"> & {
+};
+
+/**
+ * Describes the message muster.v1.DeleteWorkerResponse.
+ * Use `create(DeleteWorkerResponseSchema)` to create a new message.
+ */
+export declare const DeleteWorkerResponseSchema: GenMessage<DeleteWorkerResponse>;
+
+/**
  * @generated from enum muster.v1.WorkerState
  */
 export enum WorkerState {
@@ -338,6 +419,28 @@ export declare const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof DisableWorkerRequestSchema;
     output: typeof DisableWorkerResponseSchema;
+  },
+  /**
+   * Stops new leases; running jobs finish. Says whether the worker is busy
+   * and whether it is safe to terminate; can tell the agent to exit once idle.
+   *
+   * @generated from rpc muster.v1.WorkerService.DrainWorker
+   */
+  drainWorker: {
+    methodKind: "unary";
+    input: typeof DrainWorkerRequestSchema;
+    output: typeof DrainWorkerResponseSchema;
+  },
+  /**
+   * Deletes the worker: its credential stops working at once and its stream
+   * is closed. Jobs it was running are placed again.
+   *
+   * @generated from rpc muster.v1.WorkerService.DeleteWorker
+   */
+  deleteWorker: {
+    methodKind: "unary";
+    input: typeof DeleteWorkerRequestSchema;
+    output: typeof DeleteWorkerResponseSchema;
   },
 }>;
 

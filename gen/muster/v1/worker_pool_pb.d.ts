@@ -56,6 +56,34 @@ export declare type WorkerPool = Message<"muster.v1.WorkerPool"> & {
    * @generated from field: int32 worker_count = 8;
    */
   workerCount: number;
+
+  /**
+   * Workers whose stream is attached, heartbeat fresh, and that are enabled.
+   *
+   * @generated from field: int32 healthy_workers = 9;
+   */
+  healthyWorkers: number;
+
+  /**
+   * Free lease slots on the healthy workers.
+   *
+   * @generated from field: int32 free_capacity = 10;
+   */
+  freeCapacity: number;
+
+  /**
+   * Jobs waiting in the pool's queue.
+   *
+   * @generated from field: int32 queued_jobs = 11;
+   */
+  queuedJobs: number;
+
+  /**
+   * When the oldest queued job was submitted; unset when none waits.
+   *
+   * @generated from field: google.protobuf.Timestamp oldest_queued_time = 12;
+   */
+  oldestQueuedTime?: Timestamp | undefined;
 };
 
 /**
@@ -300,6 +328,13 @@ export declare type DeleteWorkerPoolRequest = Message<"muster.v1.DeleteWorkerPoo
    * @generated from field: bool force = 2;
    */
   force: boolean;
+
+  /**
+   * Clear the default pool of targets that name this pool, instead of refusing.
+   *
+   * @generated from field: bool clear_target_defaults = 3;
+   */
+  clearTargetDefaults: boolean;
 };
 
 /**

@@ -78,13 +78,14 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
     async list(filter, page) {
       const where: JobWhere = { space: filter.space };
-      for (const id of [filter.poolId, filter.workerId, page.after]) {
+      for (const id of [filter.poolId, filter.workerId, filter.targetId, page.after]) {
         if (id !== undefined && !isUuid(id)) return [];
       }
       if (filter.poolId !== undefined) where.resolvedPoolId = filter.poolId;
       if (filter.state !== undefined) where.state = filter.state;
       if (filter.runId !== undefined) where.runId = filter.runId;
       if (filter.workerId !== undefined) where.workerId = filter.workerId;
+      if (filter.targetId !== undefined) where.targetId = filter.targetId;
       const qb = selectJobs(ctx.fork(), where)
         .orderBy([{ createdAt: "desc" }, { id: "desc" }])
         .limit(page.limit);
@@ -130,6 +131,23 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
         ];
       }
       return ctx.fork().count(JobEntity, where);
+    },
+
+    async queueStats(poolId) {
+      if (!isUuid(poolId)) return { queued: 0, oldestQueuedAt: null };
+      // Same predicate as the partial index jobs_queue_index, whose columns
+      // (resolved_pool_id, ..., created_at) answer this from the index alone.
+      const [row] = await ctx
+        .fork()
+        .execute<{ queued: number; oldest: Date | string | null }[]>(
+          `select count(*)::int as queued, min(created_at) as oldest from ${ctx.table("jobs")} where resolved_pool_id = ? and state = 'queued'`,
+          [poolId],
+        );
+      const oldest = row?.oldest ?? null;
+      return {
+        queued: Number(row?.queued ?? 0),
+        oldestQueuedAt: oldest === null ? null : oldest instanceof Date ? oldest : new Date(oldest),
+      };
     },
 
     async poolsWithQueuedJobs() {
@@ -186,6 +204,7 @@ function newJobRecord(job: NewJob): JobRecord {
     script: job.script,
     env: { ...job.env },
     requestedPoolId: job.requestedPoolId,
+    targetId: job.targetId,
     runId: job.runId,
     requiredLabels: [...job.requiredLabels],
     priority: job.priority,
@@ -219,6 +238,7 @@ function toJobRecord(row: JobRow): JobRecord {
     script: row.script,
     env: row.env,
     requestedPoolId: row.requestedPoolId ?? null,
+    targetId: row.targetId ?? null,
     runId: row.runId,
     requiredLabels: row.requiredLabels,
     priority: row.priority,

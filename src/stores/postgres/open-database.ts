@@ -16,6 +16,7 @@ import { migrations } from "./migrations/index.ts";
 import { createOrmLogger } from "./orm-logger.ts";
 import { createPoolRepository } from "./pool-repository.ts";
 import { createStoreContext, quoteIdentifier } from "./store-context.ts";
+import { createTargetRepository } from "./target-repository.ts";
 import { createWorkerRepository } from "./worker-repository.ts";
 
 /** Connections in the PostgreSQL pool unless `poolSize` says otherwise. */
@@ -77,6 +78,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     ensureSpace,
     pools,
     tokens,
+    targets: createTargetRepository(ctx, ensureSpace),
     workers: createWorkerRepository(ctx),
     jobs: createJobRepository(ctx),
     logs: createLogRepository(ctx),

@@ -12,6 +12,7 @@ import { DEFAULT_POOL_NAME, type RegistrationTokenRecord, type WorkerPoolRecord 
 import { PreconditionError, type Database } from "../database.ts";
 import { RegistrationTokenEntity, type RegistrationTokenRow } from "./entities/registration-token.ts";
 import { SpaceEntity } from "./entities/space.ts";
+import { TargetEntity } from "./entities/target.ts";
 import { WorkerPoolEntity, type WorkerPoolRow } from "./entities/worker-pool.ts";
 import { WorkerEntity } from "./entities/worker.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
@@ -149,6 +150,24 @@ export function createPoolRepository(ctx: StoreContext): PoolRepository {
         if (!pool) return false;
         if (pool.isDefault) {
           throw new PreconditionError(`worker pool "${pool.name}" is the default pool of space "${space}"`);
+        }
+        // With the pool row locked FOR UPDATE, no target can start naming it
+        // (that takes a KEY SHARE lock on the row), so this list is final.
+        const targets = await tx
+          .qb(TargetEntity)
+          .select(["name"])
+          .where({ defaultPool: id })
+          .orderBy([{ name: "asc" }])
+          .execute("all");
+        if (targets.length > 0) {
+          if (!options.clearTargetDefaults) {
+            const names = targets.map((target) => target.name as string).join(", ");
+            const [noun, pronoun] = targets.length === 1 ? ["target", "its"] : ["targets", "their"];
+            throw new PreconditionError(
+              `worker pool ${pool.name} is the default pool of ${noun} ${names}; clear ${pronoun} default pool or delete with clear_target_defaults`,
+            );
+          }
+          await tx.nativeUpdate(TargetEntity, { defaultPool: id }, { defaultPool: null, updatedAt: new Date() });
         }
         if (pool.workerCount > 0 && !options.force) {
           throw new PreconditionError(`worker pool "${pool.name}" still has ${pool.workerCount} worker(s)`);

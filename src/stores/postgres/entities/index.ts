@@ -5,6 +5,7 @@ import { JobEntity } from "./job.ts";
 import { LogChunkEntity } from "./log-chunk.ts";
 import { RegistrationTokenEntity } from "./registration-token.ts";
 import { SpaceEntity } from "./space.ts";
+import { TargetEntity } from "./target.ts";
 import { WorkerPoolEntity } from "./worker-pool.ts";
 import { WorkerEntity } from "./worker.ts";
 
@@ -12,6 +13,7 @@ export const entities = [
   SpaceEntity,
   WorkerPoolEntity,
   RegistrationTokenEntity,
+  TargetEntity,
   WorkerEntity,
   JobEntity,
   JobAttemptEntity,

@@ -1,6 +1,6 @@
-// Jobs. A job keeps the ids of the pools and the worker it went to as plain
-// columns, without foreign keys: its history must survive the deletion of the
-// pool or worker it ran on.
+// Jobs. A job keeps the ids of the pools, the worker it went to and the target
+// it deploys to as plain columns, without foreign keys: its history must
+// survive the deletion of the pool, worker or target.
 
 import { defineEntity, p, type InferEntity } from "@mikro-orm/core";
 import type { FailureReason, JobState, PoolRule } from "../../../domain.ts";
@@ -36,6 +36,7 @@ export const JobEntity = defineEntity({
     script: p.text(),
     env: p.json<Record<string, string>>(),
     requestedPoolId: p.uuid().nullable(),
+    targetId: p.uuid().nullable(),
     runId: p.text(),
     requiredLabels: p.array(),
     priority: p.integer(),

@@ -2,5 +2,6 @@
 // openDatabase passes this list to the Migrator, so nothing depends on file discovery.
 
 import { Migration20261123103027_initial } from "./Migration20261123103027_initial.ts";
+import { Migration20261123104012_targets } from "./Migration20261123104012_targets.ts";
 
-export const migrations = [Migration20261123103027_initial];
+export const migrations = [Migration20261123103027_initial, Migration20261123104012_targets];

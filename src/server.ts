@@ -27,6 +27,7 @@ import { createBuiltinWorker } from "./scheduler/builtin-worker.ts";
 import { createJobEvents } from "./scheduler/job-events.ts";
 import { createJobLifecycle } from "./scheduler/job-lifecycle.ts";
 import { createJobPlacer } from "./scheduler/job-placer.ts";
+import { createStoreRecovery } from "./scheduler/store-recovery.ts";
 import { decodeWorkerMessage } from "./scheduler/worker-messages.ts";
 import type { LeaseStore } from "./stores/lease-store.ts";
 import { createMemoryLeaseStore } from "./stores/memory/memory-lease-store.ts";
@@ -95,6 +96,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     leaseTtlMs: config.leaseTtlMs,
     assignmentTimeoutMs: config.assignmentTimeoutMs,
     builtin,
+    verifyStore: () => recovery.verify(),
     onPlaced: (job, submittedAt) => {
       metrics.placements.inc({ result: "assigned" });
       metrics.placementSeconds.observe((Date.now() - submittedAt.getTime()) / 1000);
@@ -108,6 +110,30 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     logger: logger.child({ component: "lifecycle" }),
     leaseTtlMs: config.leaseTtlMs,
     onFinished: (job) => metrics.jobsFinished.inc({ state: job.state }),
+  });
+  const recovery = createStoreRecovery({
+    db,
+    leases,
+    logger: logger.child({ component: "store-recovery" }),
+    leaseTtlMs: config.leaseTtlMs,
+    setPaused: (paused) => placer.setPaused(paused),
+    resume: () => placer.drainAll(),
+    onStateChange: (recoveryState) => health.set("", recoveryState === "ok" && state === "running" ? "SERVING" : "NOT_SERVING"),
+    reattachSessions: async () => {
+      let count = 0;
+      for (const session of registry.all()) {
+        const worker = await db.workers.get(session.workerId);
+        if (worker === null) continue;
+        await leases.attach(
+          { workerId: worker.id, poolId: worker.poolId, capacity: worker.capacity, labels: worker.labels, acceptsWork: worker.state === "enabled" },
+          session.sessionId,
+          config.replicaId,
+          config.heartbeatTtlMs,
+        );
+        count++;
+      }
+      return count;
+    },
   });
   const unsubscribeDelivery = await leases.onDelivery(config.replicaId, (delivery) => {
     const session = registry.get(delivery.workerId);
@@ -136,6 +162,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       leaseTtlMs: config.leaseTtlMs,
       maxChunkBytes: config.maxChunkBytes,
       onLogChunks: (count) => metrics.logChunks.inc(count),
+      verifyStore: () => recovery.verify(),
       onSessionCount: (delta) => metrics.connectedAgents.inc(delta),
     }),
   );
@@ -172,8 +199,9 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     },
     readiness: async () => {
       const detail: Record<string, string> = {};
-      let ready = state === "running";
+      let ready = state === "running" && !recovery.recovering;
       detail.server = state;
+      if (recovery.recovering) detail.leaseStore = "rebuilding from Postgres";
       try {
         await db.pools.defaultPool(DEFAULT_SPACE);
         detail.database = "ok";
@@ -183,7 +211,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       }
       try {
         await leases.workerStatus([]);
-        detail.leaseStore = "ok";
+        detail.leaseStore ??= "ok";
       } catch (error) {
         ready = false;
         detail.leaseStore = `unreachable: ${(error as Error).message}`;
@@ -205,11 +233,12 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     throw error;
   }
   await builtin.start();
+  await recovery.start();
   placer.start();
   lifecycle.start();
   state = "running";
   health.set("", "SERVING");
-  for (const poolId of await db.jobs.poolsWithQueuedJobs()) void placer.drainPool(poolId);
+  void placer.drainAll();
 
   logger.info(
     {
@@ -239,6 +268,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       await apiPlane.close();
       await agentPlane.drain(AGENT_DRAIN_MS);
       await agentPlane.close();
+      await recovery.close();
       await placer.close();
       await lifecycle.close();
       await builtin.close();

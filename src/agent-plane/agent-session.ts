@@ -55,6 +55,12 @@ export interface SessionDeps {
   leaseTtlMs: number;
   maxChunkBytes: number;
   onLogChunks?: (count: number) => void;
+  /**
+   * Does the lease store still hold its data? When it does not, this waits
+   * for the rebuild from Postgres (src/scheduler/store-recovery.ts) and
+   * returns false; leases and sessions are back afterwards.
+   */
+  verifyStore?: () => Promise<boolean>;
   /** +1 when a session attaches, -1 when it ends. */
   onSessionCount?: (delta: number) => void;
 }
@@ -150,10 +156,18 @@ export function runAgentSession(
   async function requireLease(jobId: string, attempt: number): Promise<void> {
     if (jobId === "" || attempt < 1) throw new RejectionError(status.INVALID_ARGUMENT, "job_id and attempt are required");
     if (held.has(key(jobId, attempt))) return;
-    const lease = await leases.lease(jobId, attempt);
+    const lease = await leaseOf(jobId, attempt);
     if (lease === null) throw new RejectionError(status.FAILED_PRECONDITION, `no lease for job ${jobId} attempt ${attempt}: it was lost or released`);
     if (lease.workerId !== worker.id) throw new RejectionError(status.PERMISSION_DENIED, `job ${jobId} attempt ${attempt} is leased to another worker`);
     held.add(key(jobId, attempt));
+  }
+
+  /** The attempt's lease; a missing one is looked up again after checking the store did not lose it. */
+  async function leaseOf(jobId: string, attempt: number) {
+    const lease = await leases.lease(jobId, attempt);
+    if (lease !== null || deps.verifyStore === undefined) return lease;
+    await deps.verifyStore();
+    return leases.lease(jobId, attempt);
   }
 
   function deliver(message: WorkerMessage): void {
@@ -219,7 +233,7 @@ export function runAgentSession(
     const adopted = [];
     const abandon = [];
     for (const running of hello.running) {
-      const lease = await leases.lease(running.jobId, running.attempt);
+      const lease = await leaseOf(running.jobId, running.attempt);
       if (lease !== null && lease.workerId === worker.id) {
         held.add(key(running.jobId, running.attempt));
         const stored = await db.logs.maxSeq(running.jobId, running.attempt);
@@ -247,7 +261,13 @@ export function runAgentSession(
   }
 
   async function onHeartbeat(draining_: boolean): Promise<void> {
-    const ok = await leases.heartbeat(worker.id, sessionId, deps.heartbeatTtlMs, deps.leaseTtlMs);
+    let ok = await leases.heartbeat(worker.id, sessionId, deps.heartbeatTtlMs, deps.leaseTtlMs);
+    if (!ok && deps.verifyStore !== undefined) {
+      // Perhaps the store lost this session with everything else: once it is
+      // rebuilt (and the session re-attached), the heartbeat counts again.
+      await deps.verifyStore();
+      ok = await leases.heartbeat(worker.id, sessionId, deps.heartbeatTtlMs, deps.leaseTtlMs);
+    }
     if (!ok) {
       end(status.ABORTED, "this session no longer holds the worker (superseded or detached)");
       return;

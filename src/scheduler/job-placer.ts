@@ -60,6 +60,11 @@ export interface JobPlacerOptions {
   assignmentTimeoutMs: number;
   builtin: BuiltinRunner;
   onPlaced?: (job: JobRecord, submittedAt: Date) => void;
+  /**
+   * Before a job fails for lack of healthy workers: does the lease store
+   * still hold its data? False (it is being rebuilt) keeps the job queued.
+   */
+  verifyStore?: () => Promise<boolean>;
 }
 
 export interface JobPlacer {
@@ -68,6 +73,10 @@ export interface JobPlacer {
   drainPool(poolId: string): Promise<void>;
   /** Puts an assigned attempt back in the queue (unreachable worker, lost lease) and drains its pool. */
   requeue(job: JobRecord, attempt: number, outcome: string, message: string): Promise<JobRecord | null>;
+  /** While paused (the lease store is being rebuilt), nothing is placed; drains are remembered. */
+  setPaused(paused: boolean): void;
+  /** Drains every pool that has queued jobs. */
+  drainAll(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -78,6 +87,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
+  let paused = false;
 
   async function submit(input: SubmitInput): Promise<JobRecord> {
     const spaceDefault = await db.ensureSpace(input.space);
@@ -127,6 +137,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   }
 
   function drainPool(poolId: string): Promise<void> {
+    if (paused) return Promise.resolve();
     const running = passes.get(poolId);
     if (running !== undefined) {
       again.add(poolId);
@@ -137,7 +148,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         do {
           again.delete(poolId);
           await drainOnce(poolId);
-        } while (again.has(poolId) && !closed);
+        } while (again.has(poolId) && !closed && !paused);
       } catch (error) {
         logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
       } finally {
@@ -215,6 +226,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       now,
     });
     if (outcome.kind === "fail") {
+      if (options.verifyStore !== undefined && !(await options.verifyStore())) return "blocked";
       await fail(job, outcome.reason, outcome.message);
       return "placed";
     }
@@ -359,6 +371,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     submit,
     drainPool,
     requeue,
+    setPaused(value) {
+      paused = value;
+    },
+    async drainAll() {
+      for (const poolId of await db.jobs.poolsWithQueuedJobs()) await drainPool(poolId);
+    },
     async close() {
       closed = true;
       if (sweep !== null) clearInterval(sweep);

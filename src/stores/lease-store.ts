@@ -136,6 +136,15 @@ export interface LeaseStore {
   /** Receives the deliveries routed to this replica. Call once, before attaching workers. */
   onDelivery(replicaId: string, handler: (delivery: Delivery) => void): Promise<Unsubscribe>;
 
+  /**
+   * The store's generation marker: null when the store has lost its data
+   * (Redis flushed or restarted without persistence) and nobody has rebuilt
+   * it yet. See src/scheduler/store-recovery.ts.
+   */
+  epoch(): Promise<string | null>;
+  /** Sets the generation marker unless one is set; returns the one in force. */
+  claimEpoch(candidate: string): Promise<string>;
+
   /** Fan-out to every replica (log chunks, job state changes, pool capacity freed). */
   publish(channel: string, payload: string): Promise<void>;
   subscribe(channel: string, handler: (payload: string) => void): Promise<Unsubscribe>;

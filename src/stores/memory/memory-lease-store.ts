@@ -55,6 +55,9 @@ function compareForSelection(a: [string, WorkerEntry], b: [string, WorkerEntry])
   );
 }
 
+/** The generation marker of a store that only ends with its process. */
+const MEMORY_EPOCH = "memory";
+
 export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): LeaseStore {
   const now = options.now ?? Date.now;
   const logger = options.logger ?? silentLogger();
@@ -314,6 +317,15 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
 
     async onDelivery(replicaId, handler) {
       return addHandler(deliveryHandlers, replicaId, handler);
+    },
+
+    // Memory lives and dies with the process: it never loses data behind the server's back.
+    async epoch() {
+      return MEMORY_EPOCH;
+    },
+
+    async claimEpoch() {
+      return MEMORY_EPOCH;
     },
 
     async publish(channel, payload) {

@@ -13,6 +13,7 @@ export interface LeaseKeys {
   leases: string;
   leaseExpiry: string;
   leaseSeq: string;
+  epoch: string;
   /** The replica id is appended (inside the deliver script too). */
   deliveryChannelPrefix: string;
   channel(name: string): string;
@@ -30,6 +31,7 @@ export function leaseKeys(prefix: string): LeaseKeys {
     leases: `${prefix}leases`,
     leaseExpiry: `${prefix}lease-expiry`,
     leaseSeq: `${prefix}lease-seq`,
+    epoch: `${prefix}epoch`,
     deliveryChannelPrefix: `${prefix}deliver:`,
     channel: (name) => `${prefix}channel:${name}`,
   };

@@ -205,6 +205,15 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
       });
     },
 
+    async epoch() {
+      return commands.get(keys.epoch);
+    },
+
+    async claimEpoch(candidate) {
+      await commands.set(keys.epoch, candidate, "NX");
+      return (await commands.get(keys.epoch)) ?? candidate;
+    },
+
     async publish(channel, payload) {
       await commands.publish(keys.channel(channel), payload);
     },

@@ -176,7 +176,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     metrics: metrics.registry,
     services: [WorkerPoolService, WorkerService, TargetService, JobService],
     routes: (router: ConnectRouter) => {
-      router.service(WorkerPoolService, workerPoolHandlers({ db, leases, logger: apiLogger }));
+      router.service(WorkerPoolService, workerPoolHandlers({ db, leases, placer, logger: apiLogger }));
       router.service(WorkerService, workerHandlers({ db, leases, placer, logger: apiLogger }));
       router.service(TargetService, targetHandlers({ db, logger: apiLogger }));
       router.service(

@@ -5,6 +5,7 @@ import { WorkerService } from "../../gen/muster/v1/worker_pb.js";
 import type { WorkerRecord, WorkerState } from "../domain.ts";
 import type { Logger } from "../logger.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
+import { retireWorker } from "../scheduler/retire-worker.ts";
 import { encodeWorkerMessage } from "../scheduler/worker-messages.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
@@ -81,15 +82,7 @@ export function workerHandlers({ db, leases, placer, logger }: WorkerHandlerDeps
         const live = await db.jobs.liveAttemptsOfWorker(worker.id);
         if (!(await db.workers.delete(worker.id))) throw v.notFound("worker", request.id);
         // The credential no longer resolves; close the stream wherever it is held.
-        await leases.deliver({
-          workerId: worker.id,
-          payload: encodeWorkerMessage({ type: "disconnect", reason: "the worker was deleted", code: 16 }),
-        });
-        await leases.removeWorker(worker.id);
-        for (const attempt of live) {
-          const job = await db.jobs.get(attempt.jobId);
-          if (job !== null) await placer.requeue(job, attempt.attempt, "worker_lost", `worker ${worker.name} was deleted`);
-        }
+        await retireWorker({ db, leases, placer }, worker, live, "the worker was deleted");
         logger.info({ event: "worker_deleted", workerId: worker.id, name: worker.name, requeued: live.length }, "worker deleted");
         return {};
       },

@@ -6,7 +6,8 @@ import { WorkerHealth } from "../../gen/muster/v1/worker_pb.js";
 import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
 import { newSecret } from "../auth/secrets.ts";
 import type { Logger } from "../logger.ts";
-import { encodeWorkerMessage } from "../scheduler/worker-messages.ts";
+import type { JobPlacer } from "../scheduler/job-placer.ts";
+import { retireWorker } from "../scheduler/retire-worker.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
 import { mapErrors } from "./errors.ts";
@@ -17,10 +18,11 @@ import * as v from "./validate.ts";
 export interface WorkerPoolHandlerDeps {
   db: Database;
   leases: LeaseStore;
+  placer: JobPlacer;
   logger: Logger;
 }
 
-export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
+export function workerPoolHandlers({ db, leases, placer, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
   /** The pool with its live figures: healthy workers, free capacity, queue depth and oldest wait. */
   async function withStats(record: WorkerPoolRecord) {
     const [workers, queue] = await Promise.all([db.workers.list(record.space, record.id), db.jobs.queueStats(record.id)]);
@@ -87,12 +89,13 @@ export function workerPoolHandlers({ db, leases, logger }: WorkerPoolHandlerDeps
       async deleteWorkerPool(request) {
         const existing = await pool(request.id);
         const workers = request.force ? await db.workers.list(existing.space, existing.id) : [];
+        const live = await Promise.all(workers.map((worker) => db.jobs.liveAttemptsOfWorker(worker.id)));
         const deleted = await db.pools.delete(existing.id, { force: request.force, clearTargetDefaults: request.clearTargetDefaults });
         if (!deleted) throw v.notFound("worker pool", request.id);
-        for (const worker of workers) {
-          await leases.deliver({ workerId: worker.id, payload: encodeWorkerMessage({ type: "disconnect", reason: "worker pool deleted", code: 16 }) });
-          await leases.removeWorker(worker.id);
+        for (const [i, worker] of workers.entries()) {
+          await retireWorker({ db, leases, placer }, worker, live[i], `worker pool ${existing.name} was deleted`);
         }
+        await placer.drainPool(existing.id);
         logger.info({ event: "worker_pool_deleted", poolId: existing.id, name: existing.name, workersDeleted: workers.length }, "worker pool deleted");
         return {};
       },

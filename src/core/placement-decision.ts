@@ -28,6 +28,10 @@ export type Outcome =
   | { kind: "wait"; reason: string }
   | { kind: "fail"; reason: FailureReason; message: string };
 
+function workers(n: number): string {
+  return n === 1 ? "1 healthy worker" : `${n} healthy workers`;
+}
+
 function labelText(labels: readonly string[]): string {
   return labels.length === 0 ? "" : ` with labels ${labels.join(", ")}`;
 }
@@ -47,6 +51,7 @@ export function decideOnChoice(input: {
   poolName: string;
   targetName: string | null;
   requiredLabels: readonly string[];
+  exclusive?: boolean;
   queueDeadlineMs: number | null;
   now: number;
 }): Outcome {
@@ -65,16 +70,14 @@ export function decideOnChoice(input: {
     };
   }
   if (choice.code === "all_busy") {
-    return {
-      kind: "wait",
-      reason: `pool ${poolName}: ${choice.matching} healthy workers${labelText(input.requiredLabels)}, all at capacity`,
-    };
+    const busy = input.exclusive ? "none idle for an exclusive job" : "all at capacity";
+    return { kind: "wait", reason: `pool ${poolName}: ${workers(choice.matching)}${labelText(input.requiredLabels)}, ${busy}` };
   }
   const via = input.targetName === null ? "" : ` (default pool of target ${input.targetName})`;
   const what =
     choice.healthy === 0
       ? `pool ${poolName}${via} has no healthy worker`
-      : `pool ${poolName}${via} has ${choice.healthy} healthy workers but none${labelText(input.requiredLabels).replace(" with", " carries")}`;
+      : `pool ${poolName}${via} has ${workers(choice.healthy)} but none${labelText(input.requiredLabels).replace(" with", " carries")}`;
   if (input.queueDeadlineMs !== null && input.now < input.queueDeadlineMs) {
     const left = Math.ceil((input.queueDeadlineMs - input.now) / 1000);
     return { kind: "wait", reason: `${what}; waiting up to ${left}s more for one` };

@@ -161,7 +161,13 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
 
   async function drainOnce(poolId: string): Promise<void> {
     const pool = await db.pools.get(poolId);
-    if (pool === null) return;
+    if (pool === null) {
+      // The pool was deleted: what still waits in its queue can never run.
+      for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {
+        await fail(job, "no_healthy_worker", `worker pool ${poolId} was deleted`);
+      }
+      return;
+    }
     for (;;) {
       const queued = await db.jobs.queued(poolId, DRAIN_BATCH);
       if (queued.length === 0 || closed) return;
@@ -222,6 +228,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       poolName: pool.name,
       targetName,
       requiredLabels: job.requiredLabels,
+      exclusive: job.exclusive,
       queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
       now,
     });

@@ -131,8 +131,13 @@ describe("admin surface", () => {
     const busy = await pools.createWorkerPool({ space: s, name: "busy" });
     const agent = await startWorker(busy.registrationToken);
     assert.equal(await code(pools.deleteWorkerPool({ id: busy.workerPool!.id })), Code.FailedPrecondition);
+    const running = (await jobs.submitJob({ space: s, name: "r", script: "sleep 5", workerPoolId: busy.workerPool!.id, maxAttempts: 2 })).job!;
+    await waitUntil("job running", async () => ((await jobs.getJob({ id: running.id })).job!.state === JobState.RUNNING ? true : undefined));
     await pools.deleteWorkerPool({ id: busy.workerPool!.id, force: true });
     assert.equal(await code(workers.getWorker({ id: agent.workerId! })), Code.NotFound);
+    const ended = (await jobs.getJob({ id: running.id })).job!;
+    assert.equal(ended.state, JobState.FAILED, "the job of a deleted pool ends instead of hanging");
+    assert.match(ended.message, /deleted/);
 
     const named = (await pools.createWorkerPool({ space: s, name: "named" })).workerPool!;
     const target = (await targets.createTarget({ space: s, name: "aks", defaultWorkerPoolId: named.id })).target!;

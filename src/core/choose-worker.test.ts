@@ -78,6 +78,11 @@ const cases: Array<{
     expect: { workerId: "b", tieBreak: "fewest_leases" },
   },
   {
+    name: "a heartbeat exactly the TTL old is stale, as the stores judge it",
+    workers: [worker("a", { lastHeartbeatMs: NOW - TTL }), worker("b", { activeLeases: 3 })],
+    expect: { workerId: "b", tieBreak: "fewest_leases" },
+  },
+  {
     name: "a heartbeat without a stream is not healthy",
     workers: [worker("a", { attached: false })],
     expect: { code: "no_healthy_worker", healthy: 0, matching: 0 },

@@ -39,7 +39,7 @@ export function isHealthy(worker: WorkerSnapshot, now: number, heartbeatTtlMs: n
     worker.attached &&
     worker.acceptsWork &&
     worker.lastHeartbeatMs !== null &&
-    now - worker.lastHeartbeatMs <= heartbeatTtlMs
+    now - worker.lastHeartbeatMs < heartbeatTtlMs
   );
 }
 

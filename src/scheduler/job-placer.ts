@@ -168,17 +168,20 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       }
       return;
     }
+    const route = routeJob({
+      poolIsSpaceDefault: pool.isDefault,
+      poolName: pool.name,
+      registeredWorkers: pool.isDefault ? await db.workers.countInPool(pool.id) : 1,
+      builtinEnabled: options.builtin.enabled,
+    });
+    const targetNames = new Map<string, string | null>();
+    // Page through the queue in order. Jobs that wait for something only they
+    // need (labels, an idle worker, a healthy worker before their deadline)
+    // are passed over; the first plain job that cannot be placed ends the pass.
+    let after: JobRecord | undefined;
     for (;;) {
-      const queued = await db.jobs.queued(poolId, DRAIN_BATCH);
-      if (queued.length === 0 || closed) return;
-      const route = routeJob({
-        poolIsSpaceDefault: pool.isDefault,
-        poolName: pool.name,
-        registeredWorkers: pool.isDefault ? await db.workers.countInPool(pool.id) : 1,
-        builtinEnabled: options.builtin.enabled,
-      });
-      let progressed = 0;
-      const targetNames = new Map<string, string | null>();
+      const queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      if (queued.length === 0 || closed || paused) return;
       for (const job of queued) {
         let targetName: string | null = null;
         if (job.targetId !== null && job.poolRule === "target_default") {
@@ -187,9 +190,9 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         }
         const result = route.kind === "pool" ? await placeOnPool(job, pool, targetName) : await placeElsewhere(job, route);
         if (result === "blocked") return;
-        if (result === "placed") progressed++;
       }
-      if (queued.length < DRAIN_BATCH || progressed === 0) return;
+      if (queued.length < DRAIN_BATCH) return;
+      after = queued[queued.length - 1];
     }
   }
 

@@ -185,8 +185,8 @@ export interface Database {
      * written) if the fence did not hold.
      */
     transition(jobId: string, fence: JobFence, patch: JobPatch, attempt?: AttemptChange): Promise<JobRecord | null>;
-    /** Queued jobs of a pool in placement order: priority desc, created_at asc, id asc. */
-    queued(poolId: string, limit: number): Promise<JobRecord[]>;
+    /** Queued jobs of a pool in placement order (priority desc, created_at asc, id asc), after `after` if given. */
+    queued(poolId: string, limit: number, after?: JobRecord): Promise<JobRecord[]>;
     /** Number of queued jobs of a pool ahead of (placed before) the given job, or all of them if omitted. */
     queueDepth(poolId: string, before?: JobRecord): Promise<number>;
     /** How many jobs of the pool are queued, and since when the oldest waits. */

@@ -53,6 +53,7 @@ describe("admin surface", () => {
       MUSTER_DATABASE_SCHEMA: schema.schema,
       MUSTER_DATA_DIR: dir,
       MUSTER_HEARTBEAT_INTERVAL_MS: "200",
+      MUSTER_HEARTBEAT_TTL_MS: "5000",
     });
     server = await startServer(config, silentLogger());
     const transport = createGrpcTransport({ baseUrl: `http://${server.api.host}:${server.api.port}` });

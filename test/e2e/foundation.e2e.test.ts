@@ -40,7 +40,8 @@ describe("foundation end to end (Postgres + Redis, real processes)", () => {
       MUSTER_REDIS_URL: "redis://127.0.0.1:6379",
       MUSTER_REDIS_PREFIX: prefix,
       MUSTER_HEARTBEAT_INTERVAL_MS: "300",
-      MUSTER_LEASE_TTL_MS: "3000",
+      MUSTER_HEARTBEAT_TTL_MS: "5000",
+      MUSTER_LEASE_TTL_MS: "10000",
       MUSTER_DATA_DIR: path.join(dir, "data"),
     };
     server = await startServer(env);

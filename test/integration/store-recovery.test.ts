@@ -44,7 +44,8 @@ describe("lease store loss", () => {
       MUSTER_REDIS_PREFIX: prefix,
       MUSTER_DATA_DIR: dir,
       MUSTER_HEARTBEAT_INTERVAL_MS: "150",
-      MUSTER_LEASE_TTL_MS: "1500",
+      MUSTER_HEARTBEAT_TTL_MS: "3000",
+      MUSTER_LEASE_TTL_MS: "5000",
     });
     server = await startServer(config, silentLogger());
     const transport = createGrpcTransport({ baseUrl: `http://${server.api.host}:${server.api.port}` });

@@ -112,7 +112,10 @@ describe("grpc-js adapter for connect-es services", () => {
     );
     assert.deepEqual(seen, [1]);
     for (let i = 0; i < 50 && watchAbortCodes.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.deepEqual(watchAbortCodes, [Code.DeadlineExceeded]);
+    // The server's own deadline timer and the client's cancel race; either way
+    // the handler's signal is aborted exactly once.
+    assert.equal(watchAbortCodes.length, 1);
+    assert.ok([Code.DeadlineExceeded, Code.Canceled].includes(watchAbortCodes[0]), `abort code ${watchAbortCodes[0]}`);
   });
 
   it("stops producing stream messages while the client does not read, and resumes when it does", async () => {

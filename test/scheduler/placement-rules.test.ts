@@ -44,7 +44,8 @@ async function harness(builtin: "enabled" | "disabled"): Promise<Harness> {
     MUSTER_DATA_DIR: dir,
     MUSTER_BUILTIN_WORKER: builtin,
     MUSTER_HEARTBEAT_INTERVAL_MS: "200",
-    MUSTER_LEASE_TTL_MS: "2000",
+    MUSTER_HEARTBEAT_TTL_MS: "5000",
+    MUSTER_LEASE_TTL_MS: "10000",
   });
   const server = await startServer(config, silentLogger());
   const transport = createGrpcTransport({ baseUrl: `http://${server.api.host}:${server.api.port}` });

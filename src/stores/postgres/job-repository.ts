@@ -110,9 +110,18 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
       return ctx.fork().transactional((tx) => applyTransition(tx, where, patch, attempt));
     },
 
-    async queued(poolId, limit) {
+    async queued(poolId, limit, after) {
       if (!isUuid(poolId)) return [];
-      const rows = await selectJobs(ctx.fork(), { resolvedPoolId: poolId, state: "queued" })
+      const where: JobWhere = { resolvedPoolId: poolId, state: "queued" };
+      if (after) {
+        // Placed after `after` in the queue order: priority desc, created_at asc, id asc.
+        where.$or = [
+          { priority: { $lt: after.priority } },
+          { priority: after.priority, createdAt: { $gt: after.createdAt } },
+          { priority: after.priority, createdAt: after.createdAt, id: { $gt: after.id } },
+        ];
+      }
+      const rows = await selectJobs(ctx.fork(), where)
         .orderBy([{ priority: "desc" }, { createdAt: "asc" }, { id: "asc" }])
         .limit(limit)
         .execute("all");

@@ -169,8 +169,12 @@ export function createPoolRepository(ctx: StoreContext): PoolRepository {
           }
           await tx.nativeUpdate(TargetEntity, { defaultPool: id }, { defaultPool: null, updatedAt: new Date() });
         }
-        if (pool.workerCount > 0 && !options.force) {
-          throw new PreconditionError(`worker pool "${pool.name}" still has ${pool.workerCount} worker(s)`);
+        // Counted in a statement of its own, after the lock: the count computed
+        // with the locked row used the snapshot taken before waiting for the
+        // lock, and misses a worker whose registration committed meanwhile.
+        const workers = await tx.count(WorkerEntity, { pool: id });
+        if (workers > 0 && !options.force) {
+          throw new PreconditionError(`worker pool "${pool.name}" still has ${workers} worker(s)`);
         }
         // Tokens go with the pool (on delete cascade); workers are deleted
         // explicitly so the forced delete reads as what it does.

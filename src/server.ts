@@ -24,6 +24,7 @@ import { grpcJsServiceDefinition } from "./grpc/grpcjs-service.ts";
 import type { Logger } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { createBuiltinWorker } from "./scheduler/builtin-worker.ts";
+import { createConfigCache } from "./scheduler/config-cache.ts";
 import { createJobEvents } from "./scheduler/job-events.ts";
 import { createJobLifecycle } from "./scheduler/job-lifecycle.ts";
 import { createJobPlacer } from "./scheduler/job-placer.ts";
@@ -88,8 +89,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       if (job.resolvedPoolId !== null) void placer.drainPool(job.resolvedPoolId);
     },
   });
+  const cache = createConfigCache(db);
   const placer = createJobPlacer({
     db,
+    cache,
     leases,
     events,
     logger: logger.child({ component: "placer" }),
@@ -176,13 +179,14 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     metrics: metrics.registry,
     services: [WorkerPoolService, WorkerService, TargetService, JobService],
     routes: (router: ConnectRouter) => {
-      router.service(WorkerPoolService, workerPoolHandlers({ db, leases, placer, logger: apiLogger }));
+      router.service(WorkerPoolService, workerPoolHandlers({ db, cache, leases, placer, logger: apiLogger }));
       router.service(WorkerService, workerHandlers({ db, leases, placer, logger: apiLogger }));
-      router.service(TargetService, targetHandlers({ db, logger: apiLogger }));
+      router.service(TargetService, targetHandlers({ db, cache, logger: apiLogger }));
       router.service(
         JobService,
         jobHandlers({
           db,
+          cache,
           placer: {
             ...placer,
             submit: async (input) => {

@@ -5,6 +5,7 @@ import type { Duration } from "@bufbuild/protobuf/wkt";
 import { JobService } from "../../gen/muster/v1/job_pb.js";
 import { TERMINAL_JOB_STATES, type JobRecord, type JobState } from "../domain.ts";
 import type { Logger } from "../logger.ts";
+import type { ConfigCache } from "../scheduler/config-cache.ts";
 import type { JobEvents } from "../scheduler/job-events.ts";
 import type { JobLifecycle } from "../scheduler/job-lifecycle.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
@@ -25,6 +26,7 @@ const RUN_ID = /^[A-Za-z0-9_.:/-]{0,128}$/;
 
 export interface JobHandlerDeps {
   db: Database;
+  cache: ConfigCache;
   placer: JobPlacer;
   lifecycle: JobLifecycle;
   events: JobEvents;
@@ -45,7 +47,7 @@ function durationMs(duration: Duration | undefined, field: string): number | nul
 
 const STATE_NAMES = Object.fromEntries(Object.entries(JOB_STATES).map(([name, value]) => [value, name as JobState]));
 
-export function jobHandlers({ db, placer, lifecycle, events, logger }: JobHandlerDeps): Partial<ServiceImpl<typeof JobService>> {
+export function jobHandlers({ db, cache, placer, lifecycle, events, logger }: JobHandlerDeps): Partial<ServiceImpl<typeof JobService>> {
   async function find(rawId: string, field = "id"): Promise<JobRecord> {
     const id = v.id(rawId, field);
     const job = id === null ? null : await db.jobs.get(id);
@@ -55,11 +57,11 @@ export function jobHandlers({ db, placer, lifecycle, events, logger }: JobHandle
 
   /** The job with its pool and worker names and, while it waits, how many jobs are ahead of it. */
   async function withNames(job: JobRecord) {
-    const [pool, worker] = await Promise.all([
-      job.resolvedPoolId === null ? null : db.pools.get(job.resolvedPoolId),
-      job.workerId === null || job.builtinWorker ? null : db.workers.get(job.workerId),
+    const [pool, workerName] = await Promise.all([
+      job.resolvedPoolId === null ? null : cache.pool(job.resolvedPoolId),
+      job.workerId === null || job.builtinWorker ? null : cache.workerName(job.workerId),
     ]);
-    const message = jobToProto(job, { pool: pool?.name, worker: job.builtinWorker ? "built-in" : worker?.name });
+    const message = jobToProto(job, { pool: pool?.name, worker: job.builtinWorker ? "built-in" : (workerName ?? undefined) });
     if (job.state === "queued" && pool !== null && message.placement !== undefined) {
       message.placement.workerReason = waitingReason(job.workerReason, pool.name, await db.jobs.queueDepth(pool.id, job));
     }

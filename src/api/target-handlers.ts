@@ -6,12 +6,14 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { TargetSchema, TargetService, type Target } from "../../gen/muster/v1/target_pb.js";
 import type { TargetRecord } from "../domain.ts";
 import type { Logger } from "../logger.ts";
+import type { ConfigCache } from "../scheduler/config-cache.ts";
 import type { Database } from "../stores/database.ts";
 import { mapErrors } from "./errors.ts";
 import * as v from "./validate.ts";
 
 export interface TargetHandlerDeps {
   db: Database;
+  cache: ConfigCache;
   logger: Logger;
 }
 
@@ -27,7 +29,7 @@ function targetToProto(target: TargetRecord): Target {
   });
 }
 
-export function targetHandlers({ db, logger }: TargetHandlerDeps): Partial<ServiceImpl<typeof TargetService>> {
+export function targetHandlers({ db, cache, logger }: TargetHandlerDeps): Partial<ServiceImpl<typeof TargetService>> {
   async function find(rawId: string): Promise<TargetRecord> {
     const id = v.id(rawId, "id");
     const target = id === null ? null : await db.targets.get(id);
@@ -72,12 +74,14 @@ export function targetHandlers({ db, logger }: TargetHandlerDeps): Partial<Servi
         if (request.description !== undefined) patch.description = v.description(request.description);
         if (request.defaultWorkerPoolId !== undefined) patch.defaultPoolId = await defaultPool(request.defaultWorkerPoolId, existing.space);
         const updated = await db.targets.update(existing.id, patch);
+        cache.invalidate();
         if (updated === null) throw v.notFound("target", request.id);
         return { target: targetToProto(updated) };
       },
       async deleteTarget(request) {
         const existing = await find(request.id);
         if (!(await db.targets.delete(existing.id))) throw v.notFound("target", request.id);
+        cache.invalidate();
         logger.info({ event: "target_deleted", targetId: existing.id, name: existing.name }, "target deleted");
         return {};
       },

@@ -6,6 +6,7 @@ import { WorkerHealth } from "../../gen/muster/v1/worker_pb.js";
 import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
 import { newSecret } from "../auth/secrets.ts";
 import type { Logger } from "../logger.ts";
+import type { ConfigCache } from "../scheduler/config-cache.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
 import { retireWorker } from "../scheduler/retire-worker.ts";
 import type { Database } from "../stores/database.ts";
@@ -17,12 +18,13 @@ import * as v from "./validate.ts";
 
 export interface WorkerPoolHandlerDeps {
   db: Database;
+  cache: ConfigCache;
   leases: LeaseStore;
   placer: JobPlacer;
   logger: Logger;
 }
 
-export function workerPoolHandlers({ db, leases, placer, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
+export function workerPoolHandlers({ db, cache, leases, placer, logger }: WorkerPoolHandlerDeps): Partial<ServiceImpl<typeof WorkerPoolService>> {
   /** The pool with its live figures: healthy workers, free capacity, queue depth and oldest wait. */
   async function withStats(record: WorkerPoolRecord) {
     const [workers, queue] = await Promise.all([db.workers.list(record.space, record.id), db.jobs.queueStats(record.id)]);
@@ -83,6 +85,7 @@ export function workerPoolHandlers({ db, leases, placer, logger }: WorkerPoolHan
         if (request.name !== undefined) patch.name = v.poolName(request.name);
         if (request.description !== undefined) patch.description = v.description(request.description);
         const updated = await db.pools.update(existing.id, patch);
+        cache.invalidate();
         if (updated === null) throw v.notFound("worker pool", request.id);
         return { workerPool: poolToProto(updated) };
       },
@@ -91,6 +94,7 @@ export function workerPoolHandlers({ db, leases, placer, logger }: WorkerPoolHan
         const workers = request.force ? await db.workers.list(existing.space, existing.id) : [];
         const live = await Promise.all(workers.map((worker) => db.jobs.liveAttemptsOfWorker(worker.id)));
         const deleted = await db.pools.delete(existing.id, { force: request.force, clearTargetDefaults: request.clearTargetDefaults });
+        cache.invalidate();
         if (!deleted) throw v.notFound("worker pool", request.id);
         for (const [i, worker] of workers.entries()) {
           await retireWorker({ db, leases, placer }, worker, live[i], `worker pool ${existing.name} was deleted`);
@@ -102,6 +106,7 @@ export function workerPoolHandlers({ db, leases, placer, logger }: WorkerPoolHan
       async setDefaultWorkerPool(request) {
         const existing = await pool(request.id);
         const updated = await db.pools.setDefault(existing.id);
+        cache.invalidate();
         if (updated === null) throw v.notFound("worker pool", request.id);
         logger.info({ event: "default_pool_changed", poolId: updated.id, space: updated.space }, "default worker pool changed");
         return { workerPool: poolToProto(updated) };

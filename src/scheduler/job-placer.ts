@@ -16,6 +16,7 @@ import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.
 import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
 import type { Database } from "../stores/database.ts";
 import { LeaseHeldError, type LeaseStore } from "../stores/lease-store.ts";
+import type { ConfigCache } from "./config-cache.ts";
 import type { JobEvents } from "./job-events.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
 
@@ -53,6 +54,7 @@ export interface BuiltinRunner {
 
 export interface JobPlacerOptions {
   db: Database;
+  cache: ConfigCache;
   leases: LeaseStore;
   events: JobEvents;
   logger: Logger;
@@ -81,19 +83,27 @@ export interface JobPlacer {
 }
 
 export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
-  const { db, leases, events, logger } = options;
-  const passes = new Map<string, Promise<void>>();
-  const again = new Set<string>();
+  const { db, cache, leases, events, logger } = options;
+  // Per pool: the running pass loop, how many passes were asked for and how
+  // many have finished, and who waits for which. A caller waits only for the
+  // first pass that starts after its request, not for the whole loop.
+  const drains = new Map<string, { loop: Promise<void>; requested: number; done: number; waiters: Array<{ upTo: number; resolve: () => void }> }>();
+  // Decisions about jobs whose submitter is waiting, so submit need not read the job back.
+  const awaited = new Set<string>();
+  const decided = new Map<string, JobRecord>();
+  const remember = (job: JobRecord | null) => {
+    if (job !== null && awaited.has(job.id)) decided.set(job.id, job);
+  };
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
   let paused = false;
 
   async function submit(input: SubmitInput): Promise<JobRecord> {
-    const spaceDefault = await db.ensureSpace(input.space);
+    const spaceDefault = await cache.defaultPool(input.space);
     let requested: PoolRef | null = null;
     if (input.requestedPoolId !== null) {
-      const pool = await db.pools.get(input.requestedPoolId);
+      const pool = await cache.pool(input.requestedPoolId);
       if (pool === null || pool.space !== input.space) {
         throw new NotFoundError(`worker pool ${input.requestedPoolId} not found in space ${input.space}`);
       }
@@ -101,11 +111,11 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     }
     let target: TargetRef | null = null;
     if (input.targetId !== null) {
-      const found = await db.targets.get(input.targetId);
+      const found = await cache.target(input.targetId);
       if (found === null || found.space !== input.space) {
         throw new NotFoundError(`target ${input.targetId} not found in space ${input.space}`);
       }
-      const pool = found.defaultPoolId === null ? null : await db.pools.get(found.defaultPoolId);
+      const pool = found.defaultPoolId === null ? null : await cache.pool(found.defaultPoolId);
       target = { id: found.id, name: found.name, defaultPool: pool };
     }
     const resolution = resolvePool({ spaceDefault, requested, target });
@@ -132,35 +142,46 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       createdAt: now,
     });
     logger.info({ event: "job_submitted", jobId: job.id, pool: resolution.pool.name, rule: resolution.rule }, "job submitted");
-    await drainPool(resolution.pool.id);
-    return (await db.jobs.get(job.id)) ?? job;
+    awaited.add(job.id);
+    try {
+      await drainPool(resolution.pool.id);
+      return decided.get(job.id) ?? (await db.jobs.get(job.id)) ?? job;
+    } finally {
+      awaited.delete(job.id);
+      decided.delete(job.id);
+    }
   }
 
   function drainPool(poolId: string): Promise<void> {
-    if (paused) return Promise.resolve();
-    const running = passes.get(poolId);
-    if (running !== undefined) {
-      again.add(poolId);
-      return running;
+    if (paused || closed) return Promise.resolve();
+    let drain = drains.get(poolId);
+    const fresh = drain === undefined;
+    drain ??= { loop: Promise.resolve(), requested: 0, done: 0, waiters: [] };
+    const upTo = ++drain.requested;
+    const waited = new Promise<void>((resolve) => drain.waiters.push({ upTo, resolve }));
+    if (fresh) {
+      const state = drain;
+      drains.set(poolId, state);
+      state.loop = (async () => {
+        while (state.done < state.requested && !closed && !paused) {
+          const covered = state.requested;
+          try {
+            await drainOnce(poolId);
+          } catch (error) {
+            logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
+          }
+          state.done = covered;
+          state.waiters = state.waiters.filter((waiter) => (waiter.upTo <= covered ? (waiter.resolve(), false) : true));
+        }
+        drains.delete(poolId);
+        for (const waiter of state.waiters) waiter.resolve();
+      })();
     }
-    const pass = (async () => {
-      try {
-        do {
-          again.delete(poolId);
-          await drainOnce(poolId);
-        } while (again.has(poolId) && !closed && !paused);
-      } catch (error) {
-        logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
-      } finally {
-        passes.delete(poolId);
-      }
-    })();
-    passes.set(poolId, pass);
-    return pass;
+    return waited;
   }
 
   async function drainOnce(poolId: string): Promise<void> {
-    const pool = await db.pools.get(poolId);
+    const pool = await cache.pool(poolId);
     if (pool === null) {
       // The pool was deleted: what still waits in its queue can never run.
       for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {
@@ -185,7 +206,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       for (const job of queued) {
         let targetName: string | null = null;
         if (job.targetId !== null && job.poolRule === "target_default") {
-          if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await db.targets.get(job.targetId))?.name ?? null);
+          if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
           targetName = targetNames.get(job.targetId) ?? null;
         }
         const result = route.kind === "pool" ? await placeOnPool(job, pool, targetName) : await placeElsewhere(job, route);
@@ -242,7 +263,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     }
     if (outcome.kind === "wait") {
       if (job.workerReason !== outcome.reason) {
-        await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason });
+        remember(await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason }));
       }
       // Jobs without special needs queue behind this one (priority, then FIFO);
       // a job that waits for labels or exclusivity does not hold the others back.
@@ -273,6 +294,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       await leases.release(job.id, attempt);
       return "skipped";
     }
+    remember(assigned);
     options.onPlaced?.(assigned, job.createdAt);
     const delivered = await leases.deliver({
       workerId: outcome.workerId,
@@ -359,6 +381,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       { states: ["queued"], attempt: job.attempt },
       { state: "failed", failureReason: reason, message, workerReason: message, endedAt: new Date() },
     );
+    remember(failed);
     if (failed !== null) {
       logger.info({ event: "job_failed", jobId: job.id, reason }, message);
       void events.changed(job.id, "failed");
@@ -392,7 +415,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       if (sweep !== null) clearInterval(sweep);
       for (const timer of timers) clearTimeout(timer);
       timers.clear();
-      await Promise.allSettled([...passes.values()]);
+      await Promise.allSettled([...drains.values()].map((drain) => drain.loop));
     },
   };
 }

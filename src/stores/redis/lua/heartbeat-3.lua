@@ -20,27 +20,39 @@
 --- @include "includes/lease-state"
 
 local prefix, workerId = ARGV[1], ARGV[2]
-if redis.call("HGET", KEYS[1], "session") ~= ARGV[3] then
+local f = redis.call("HMGET", KEYS[1], "session", "hb", "hbTtl", "leases", "pool")
+if f[1] ~= ARGV[3] then
   return 0
 end
 local now = nowMs()
-redis.call("HSET", KEYS[1], "hb", now, "hbTtl", ARGV[4])
-local leaseExpiry = now + tonumber(ARGV[5])
-local leaseIds = redis.call("SMEMBERS", KEYS[2])
--- In chunks, to stay far below Lua's limit on unpacked arguments.
-for first = 1, #leaseIds, 1000 do
-  local chunk = {unpack(leaseIds, first, math.min(first + 999, #leaseIds))}
-  local expiries = redis.call("ZMSCORE", KEYS[3], unpack(chunk))
-  local extend = {}
-  for i = 1, #chunk do
-    if expiries[i] and tonumber(expiries[i]) > now then
-      extend[#extend + 1] = leaseExpiry
-      extend[#extend + 1] = chunk[i]
+local hbTtl = tonumber(ARGV[4])
+redis.call("HSET", KEYS[1], "hb", now, "hbTtl", hbTtl)
+if (tonumber(f[4]) or 0) > 0 then
+  local leaseExpiry = now + tonumber(ARGV[5])
+  local leaseIds = redis.call("SMEMBERS", KEYS[2])
+  -- In chunks, to stay far below Lua's limit on unpacked arguments.
+  for first = 1, #leaseIds, 1000 do
+    local chunk = {unpack(leaseIds, first, math.min(first + 999, #leaseIds))}
+    local expiries = redis.call("ZMSCORE", KEYS[3], unpack(chunk))
+    local extend = {}
+    for i = 1, #chunk do
+      if expiries[i] and tonumber(expiries[i]) > now then
+        extend[#extend + 1] = leaseExpiry
+        extend[#extend + 1] = chunk[i]
+      end
+    end
+    if #extend > 0 then
+      redis.call("ZADD", KEYS[3], "XX", unpack(extend))
     end
   end
-  if #extend > 0 then
-    redis.call("ZADD", KEYS[3], "XX", unpack(extend))
-  end
 end
-reindexWorker(prefix, workerId, now)
+local wasFresh = f[2] and f[3] and (tonumber(f[2]) + tonumber(f[3])) > now
+if wasFresh and f[5] then
+  -- Still healthy and indexed as before (a heartbeat changes no lease count):
+  -- only its freshness moves. XX: a worker that is not accepting work stays out.
+  local healthyKey = poolKeys(prefix, f[5])
+  redis.call("ZADD", healthyKey, "XX", now + hbTtl, workerId)
+else
+  reindexWorker(prefix, workerId, now)
+end
 return 1

@@ -47,6 +47,7 @@ function agentConfig(overrides: Partial<AgentConfig> = {}): AgentConfig {
     maxChunkBytes: 65536,
     backoffInitialMs: 10,
     backoffMaxMs: 50,
+    ackTimeoutMs: 5000,
     killGraceMs: 400,
     hostname: "test-host",
     agentVersion: "0.0.0-test",

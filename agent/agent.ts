@@ -224,8 +224,17 @@ export function createAgent(config: AgentConfig, options: AgentOptions = {}): Ag
       case "rejection": {
         const { jobId, attempt, code, message: text } = message.value;
         logger.warn({ event: "rejection", jobId: jobId || undefined, attempt: attempt || undefined, code: status[code] ?? code, reason: text }, "the server rejected a message");
+        const found = jobId === "" ? undefined : attempts.get(attemptKey(jobId, attempt));
+        if (found !== undefined && code === status.UNAVAILABLE) {
+          found.retryLater();
+          return;
+        }
+        if (found !== undefined && code === status.RESOURCE_EXHAUSTED) {
+          const limit = /limit of (\d+)/.exec(text)?.[1];
+          found.splitChunks(limit === undefined ? Math.max(1024, Math.floor(maxChunkBytes / 2)) : Number(limit));
+          return;
+        }
         if (jobId !== "" && (code === status.PERMISSION_DENIED || code === status.FAILED_PRECONDITION)) {
-          const found = attempts.get(attemptKey(jobId, attempt));
           if (found !== undefined) {
             logger.warn({ event: "lease_lost", jobId, attempt, reason: text }, "lease lost");
             found.abandon(text || "the server no longer holds the lease");
@@ -263,6 +272,9 @@ export function createAgent(config: AgentConfig, options: AgentOptions = {}): Ag
       logFlushMs: config.logFlushMs,
       maxChunkBytes,
       killGraceMs: config.killGraceMs,
+      ackTimeoutMs: config.ackTimeoutMs,
+      retryInitialMs: config.backoffInitialMs,
+      retryMaxMs: config.backoffMaxMs,
       link,
       logger,
       baseEnv: options.env,

@@ -2,6 +2,13 @@
 // script's executor, its log batcher and outbox, and its finish report. The
 // attempt owns all three; the agent owns the set of attempts and the stream.
 //
+// Nothing is dropped while the stream stays up either: output or a report
+// that goes unacknowledged for ackTimeoutMs is sent again (the server drops
+// chunks that follow one it could not store), and a Rejection with
+// UNAVAILABLE (the server could not record it, e.g. Postgres is down) sends
+// everything again after a backoff, the acceptance included until the
+// server has acknowledged anything of this attempt.
+//
 // Lifecycle: starting -> running -> reporting (exited; finish report sent and
 // kept until Ack{finished}) -> done. From any state, abandon() (lease lost,
 // Welcome.abandon, shutdown) kills the process group, drops the outbox and
@@ -24,6 +31,7 @@ import {
 } from "../gen/muster/v1/agent_pb.js";
 import { LogStream } from "../gen/muster/v1/job_pb.js";
 import type { Logger } from "../src/logger.ts";
+import { AcceptAssignmentSchema } from "../gen/muster/v1/agent_pb.js";
 import { createExecutor, type ExecutionResult, type Executor } from "./executor.ts";
 import { createLogBatcher, type LogBatcher } from "./log-batcher.ts";
 
@@ -47,6 +55,11 @@ export interface AttemptOptions {
   maxChunkBytes: number;
   /** Grace on timeout, and on a cancel that names none. */
   killGraceMs: number;
+  /** Unacknowledged output or report is sent again after this long (doubling up to retryMaxMs). */
+  ackTimeoutMs?: number;
+  /** First delay before retrying after a Rejection with UNAVAILABLE. */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
   link: AttemptLink;
   logger: Logger;
   baseEnv?: NodeJS.ProcessEnv;
@@ -64,6 +77,10 @@ export interface Attempt {
   /** Kill now, forget the output and the report, send nothing more. */
   abandon(reason: string): void;
   onAck(ack: Ack): void;
+  /** The server could not record a report now (Rejection UNAVAILABLE): send everything again after a backoff. */
+  retryLater(): void;
+  /** The server refused a chunk as larger than `limit` bytes (RESOURCE_EXHAUSTED): re-cut and resend. */
+  splitChunks(limit: number): void;
   /** After a Welcome adopted this attempt: everything unacknowledged again, in order, then the pending report. */
   resend(serverAckedSeq: bigint): void;
   /** For Hello. */
@@ -116,6 +133,63 @@ export function createAttempt(options: AttemptOptions): Attempt {
   let state: AttemptState = "starting";
   let report: FinishReport | null = null;
   let paused = false;
+  /** The server acknowledged something of this attempt, so it recorded the acceptance. */
+  let confirmed = false;
+  const ackTimeoutMs = options.ackTimeoutMs ?? 5_000;
+  const retryInitialMs = options.retryInitialMs ?? 250;
+  const retryMaxMs = Math.max(retryInitialMs, options.retryMaxMs ?? 10_000);
+  /** When the outstanding output last made progress (or started waiting); null: nothing outstanding. */
+  let waitingSince: number | null = null;
+  let resendAfterMs = ackTimeoutMs;
+  let ackTimer: NodeJS.Timeout | null = null;
+  let retryTimer: NodeJS.Timeout | null = null;
+  let retryDelayMs = retryInitialMs;
+
+  function outstanding(): boolean {
+    return (state === "running" || state === "reporting") && (batcher.outboxBytes > 0 || batcher.unacked().length > 0 || report !== null);
+  }
+
+  /** Starts the ack clock when something goes out with nothing else outstanding. */
+  function armAckTimer(): void {
+    if (waitingSince === null) waitingSince = Date.now();
+    if (ackTimer !== null) return;
+    ackTimer = setInterval(() => {
+      if (!outstanding()) {
+        stopAckTimer();
+        return;
+      }
+      if (waitingSince !== null && Date.now() - waitingSince >= resendAfterMs) {
+        logger.warn({ event: "resending_unacknowledged", waitedMs: Date.now() - waitingSince, ackedSeq: Number(batcher.ackedSeq) }, "output not acknowledged in time; sending it again");
+        waitingSince = Date.now();
+        resendAfterMs = Math.min(resendAfterMs * 2, Math.max(ackTimeoutMs, retryMaxMs));
+        sendOutstanding(false);
+      }
+    }, Math.max(25, Math.floor(ackTimeoutMs / 4)));
+    ackTimer.unref();
+  }
+
+  function stopAckTimer(): void {
+    if (ackTimer !== null) clearInterval(ackTimer);
+    ackTimer = null;
+    waitingSince = null;
+    resendAfterMs = ackTimeoutMs;
+  }
+
+  function clearTimers(): void {
+    stopAckTimer();
+    if (retryTimer !== null) clearTimeout(retryTimer);
+    retryTimer = null;
+  }
+
+  /** Everything unacknowledged again, in order, then the report; the acceptance first if asked. */
+  function sendOutstanding(withAccept: boolean): void {
+    if (state !== "running" && state !== "reporting") return;
+    if (withAccept && !confirmed && !link.send({ case: "accept", value: create(AcceptAssignmentSchema, { jobId, attempt }) })) return;
+    for (const chunk of batcher.unacked()) {
+      if (!link.send({ case: "log", value: chunk })) return;
+    }
+    if (report !== null) link.send({ case: "finish", value: report });
+  }
 
   const batcher: LogBatcher = createLogBatcher({
     jobId,
@@ -124,6 +198,7 @@ export function createAttempt(options: AttemptOptions): Attempt {
     flushMs: options.logFlushMs,
     onChunk(chunk) {
       link.send({ case: "log", value: chunk });
+      armAckTimer();
       if (!paused && batcher.outboxBytes > MAX_OUTBOX_BYTES) {
         paused = true;
         executor.pause();
@@ -174,6 +249,7 @@ export function createAttempt(options: AttemptOptions): Attempt {
       logger.warn({ event: "process_group_lingers", pid: executor.pid }, "members of the script's process group were still present after it was killed");
     }
     link.send({ case: "finish", value: report });
+    armAckTimer();
     return result;
   });
 
@@ -186,6 +262,7 @@ export function createAttempt(options: AttemptOptions): Attempt {
   function settle(): void {
     if (settling) return;
     settling = true;
+    clearTimers();
     // The directory goes only once the process is gone: a killed script may still be writing into it.
     void executor.done
       .then(() => rm(dir, { recursive: true, force: true }))
@@ -217,6 +294,7 @@ export function createAttempt(options: AttemptOptions): Attempt {
     },
     abandon(reason) {
       if (state === "done" || state === "abandoned") return;
+      clearTimers();
       logger.warn({ event: "attempt_abandoned", reason }, "abandoning the attempt: killing the script, dropping its reports");
       state = "abandoned";
       report = null;
@@ -226,7 +304,15 @@ export function createAttempt(options: AttemptOptions): Attempt {
     },
     onAck(ack) {
       if (state === "abandoned" || state === "done") return;
+      confirmed = true;
+      const before = batcher.ackedSeq;
       batcher.ack(ack.seq);
+      if (batcher.ackedSeq > before || ack.finished) {
+        // Progress: the ack clock starts again for whatever is still outstanding.
+        waitingSince = Date.now();
+        resendAfterMs = ackTimeoutMs;
+        retryDelayMs = retryInitialMs;
+      }
       if (paused && batcher.outboxBytes <= MAX_OUTBOX_BYTES / 2) {
         paused = false;
         executor.resume();
@@ -240,8 +326,34 @@ export function createAttempt(options: AttemptOptions): Attempt {
     },
     resend(serverAckedSeq) {
       if (state === "abandoned" || state === "done") return;
+      confirmed = true;
       batcher.ack(serverAckedSeq);
-      for (const chunk of batcher.unacked()) {
+      sendOutstanding(false);
+      if (outstanding()) {
+        waitingSince = Date.now();
+        armAckTimer();
+      }
+    },
+    retryLater() {
+      if ((state !== "running" && state !== "reporting") || retryTimer !== null) return;
+      const delay = Math.floor(retryDelayMs / 2 + Math.random() * (retryDelayMs / 2));
+      retryDelayMs = Math.min(retryDelayMs * 2, retryMaxMs);
+      logger.info({ event: "retry_scheduled", retryInMs: delay }, "the server could not record this attempt's reports; retrying");
+      retryTimer = setTimeout(() => {
+        retryTimer = null;
+        waitingSince = Date.now();
+        sendOutstanding(true);
+        if (outstanding()) armAckTimer();
+      }, delay);
+      retryTimer.unref();
+    },
+    splitChunks(limit) {
+      if (state !== "running" && state !== "reporting") return;
+      const recut = batcher.split(Math.max(1, limit));
+      if (recut.length === 0) return;
+      logger.warn({ event: "chunks_split", limit, fromSeq: Number(recut[0].seq), chunks: recut.length }, "the server refused a chunk as too large; sending it in smaller pieces");
+      if (report !== null) report.lastSeq = batcher.lastSeq;
+      for (const chunk of recut) {
         if (!link.send({ case: "log", value: chunk })) return;
       }
       if (report !== null) link.send({ case: "finish", value: report });

@@ -32,6 +32,8 @@ export interface AgentConfig {
   maxChunkBytes: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** Output or a finish report unacknowledged this long is sent again on the same stream. */
+  ackTimeoutMs: number;
   /** Grace between interrupt and kill when an assignment times out (and for cancels that name none). */
   killGraceMs: number;
   hostname: string;
@@ -57,6 +59,7 @@ const OPTIONS = {
   maxChunkBytes: { flag: "max-chunk-bytes", env: "MUSTER_MAX_CHUNK_BYTES", description: "largest log chunk (default 65536)" },
   backoffInitialMs: { flag: "backoff-initial-ms", env: "MUSTER_BACKOFF_INITIAL_MS", description: "first reconnect delay ceiling (default 250)" },
   backoffMaxMs: { flag: "backoff-max-ms", env: "MUSTER_BACKOFF_MAX_MS", description: "largest reconnect delay (default 10000)" },
+  ackTimeoutMs: { flag: "ack-timeout-ms", env: "MUSTER_ACK_TIMEOUT_MS", description: "resend unacknowledged output after this long (default 5000)" },
   killGraceMs: { flag: "kill-grace-ms", env: "MUSTER_KILL_GRACE_MS", description: "interrupt-to-kill grace on timeout (default 10000)" },
   logLevel: { flag: "log-level", env: "MUSTER_LOG_LEVEL", description: "trace, debug, info, warn, error (default info)" },
 } satisfies Record<string, OptionSpec>;
@@ -135,6 +138,7 @@ export function loadAgentConfig(argv: string[], env: NodeJS.ProcessEnv = process
     maxChunkBytes: integer(get("maxChunkBytes") ?? "65536", what("maxChunkBytes"), 1024, 4 * 1024 * 1024),
     backoffInitialMs,
     backoffMaxMs: integer(get("backoffMaxMs") ?? "10000", what("backoffMaxMs"), backoffInitialMs, 600_000),
+    ackTimeoutMs: integer(get("ackTimeoutMs") ?? "5000", what("ackTimeoutMs"), 50, 600_000),
     killGraceMs: integer(get("killGraceMs") ?? "10000", what("killGraceMs"), 0, 3_600_000),
     hostname: host,
     agentVersion: AGENT_VERSION,

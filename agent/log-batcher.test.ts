@@ -109,4 +109,31 @@ describe("log batcher", () => {
     assert.equal(sent.length, 0);
     assert.deepEqual(b.unacked(), []);
   });
+
+  test("split re-cuts the outbox from the first chunk over the limit and numbers on from it", () => {
+    const { b, sent } = batcher({ maxChunkBytes: 8 });
+    b.write(LogStream.STDOUT, bytes("aaaa"));
+    b.flush();
+    b.write(LogStream.STDOUT, bytes("bbbbbbbb"));
+    b.write(LogStream.STDOUT, bytes("cccccccc"));
+    b.flush();
+    assert.deepEqual(sent.map((c) => c.seq), [1n, 2n, 3n]);
+    const recut = b.split(4);
+    assert.deepEqual(recut.map((c) => [c.seq, Buffer.from(c.data).toString()]), [
+      [2n, "bbbb"],
+      [3n, "bbbb"],
+      [4n, "cccc"],
+      [5n, "cccc"],
+    ]);
+    assert.equal(b.lastSeq, 5n);
+    assert.deepEqual(b.unacked().map((c) => c.seq), [1n, 2n, 3n, 4n, 5n]);
+    b.write(LogStream.STDOUT, bytes("dddddd"));
+    b.flush();
+    assert.deepEqual(sent.slice(3).map((c) => [c.seq, Buffer.from(c.data).toString()]), [
+      [6n, "dddd"],
+      [7n, "dd"],
+    ]);
+    assert.deepEqual(b.split(4), [], "nothing over the limit: nothing re-cut");
+    b.close();
+  });
 });

@@ -35,6 +35,13 @@ export interface LogBatcher {
   unacked(): AgentLogChunk[];
   /** Lowers (or raises) the chunk limit, e.g. to the server's Welcome.max_chunk_bytes. */
   setMaxChunkBytes(bytes: number): void;
+  /**
+   * The server refused a chunk as too large: lowers the limit and re-cuts the
+   * outbox from the first chunk over it, numbering on from that chunk's seq
+   * (the server stores chunks contiguously, so it holds none past the refused
+   * one). Returns the re-cut chunks, to be sent again; empty if none was over.
+   */
+  split(bytes: number): AgentLogChunk[];
   close(): void;
   drop(): void;
   /** Seq of the last sealed chunk, 0n if none. */
@@ -127,6 +134,28 @@ export function createLogBatcher(options: LogBatcherOptions): LogBatcher {
         pendingBytes = 0;
         write(pendingStream, buffered);
       }
+    },
+    split(bytes) {
+      if (!(bytes >= 1)) throw new RangeError(`max chunk bytes must be positive, got ${bytes}`);
+      const first = outbox.findIndex((chunk) => chunk.data.byteLength > bytes);
+      if (first === -1) {
+        if (bytes < maxChunkBytes) this.setMaxChunkBytes(bytes);
+        return [];
+      }
+      const kept = outbox.slice(0, first);
+      const recut: AgentLogChunk[] = [];
+      let seq = outbox[first].seq;
+      for (const chunk of outbox.slice(first)) {
+        for (let offset = 0; offset < chunk.data.byteLength; offset += bytes) {
+          const data = chunk.data.subarray(offset, Math.min(offset + bytes, chunk.data.byteLength));
+          recut.push(create(AgentLogChunkSchema, { jobId, attempt, seq, stream: chunk.stream, data, time: chunk.time }));
+          seq++;
+        }
+      }
+      lastSeq = seq - 1n;
+      outbox = [...kept, ...recut];
+      if (bytes < maxChunkBytes) this.setMaxChunkBytes(bytes);
+      return recut;
     },
     close() {
       if (state !== "open") return;

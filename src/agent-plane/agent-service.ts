@@ -16,9 +16,34 @@ import { runAgentSession, type SessionDeps } from "./agent-session.ts";
 import { validateWorkerAttributes } from "./worker-attributes.ts";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+/**
+ * Concurrent Connect streams one worker credential may hold on this replica.
+ * An agent holds one; a reconnect briefly overlaps the stream it replaces.
+ * More is a misconfigured fleet (one credential copied to many hosts) or abuse.
+ */
+const MAX_STREAMS_PER_WORKER = 4;
 
 export function createAgentService(deps: SessionDeps): UntypedServiceImplementation {
   const { db, logger } = deps;
+  /** Open Connect streams per worker id on this replica; owned here. */
+  const streams = new Map<string, number>();
+
+  /** Counts the stream against its worker until it ends; false if the worker is at the cap. */
+  function admit(workerId: string, call: ServerDuplexStream<ConnectRequest, ConnectResponse>): boolean {
+    const open = streams.get(workerId) ?? 0;
+    if (open >= MAX_STREAMS_PER_WORKER) return false;
+    streams.set(workerId, open + 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      const left = (streams.get(workerId) ?? 1) - 1;
+      if (left <= 0) streams.delete(workerId);
+      else streams.set(workerId, left);
+    };
+    for (const event of ["close", "cancelled", "error", "finish"]) call.once(event, release);
+    return true;
+  }
 
   async function register(request: RegisterRequest): Promise<RegisterResponse> {
     if (request.registrationToken === "") {
@@ -80,6 +105,11 @@ export function createAgentService(deps: SessionDeps): UntypedServiceImplementat
           if (worker === null) {
             logger.warn({ event: "connect_refused", reason: "unknown credential" }, "agent connect refused");
             call.emit("error", { code: status.UNAUTHENTICATED, details: "worker credential is unknown or revoked" });
+            return;
+          }
+          if (!admit(worker.id, call)) {
+            logger.warn({ event: "connect_refused", workerId: worker.id, reason: "too many streams" }, "agent connect refused");
+            call.emit("error", { code: status.RESOURCE_EXHAUSTED, details: `at most ${MAX_STREAMS_PER_WORKER} streams per worker credential` });
             return;
           }
           runAgentSession(call, worker, deps);

@@ -11,6 +11,19 @@
 // the lease store and refused with PERMISSION_DENIED (another worker holds
 // it) or FAILED_PRECONDITION (nobody does: the lease was lost); the stream
 // and the other attempts go on.
+//
+// Log chunks are stored contiguously: the session keeps, per attempt, the
+// highest seq stored and the next seq it takes. A chunk below it is a
+// resend (acknowledged again), one above it follows a chunk that was not
+// stored and is dropped unacknowledged; the agent resends from its last
+// acknowledged seq. When Postgres fails (storing chunks, recording an
+// acceptance or a finish), nothing is acknowledged: the agent gets a
+// Rejection with UNAVAILABLE and retries, and the stream stays up.
+//
+// A stream that stops delivering is ended even if heartbeats still arrive:
+// writes to the agent blocked, or an assignment unacknowledged, for longer
+// than the deaf-stream limit (the lease TTL), so the worker stops counting
+// as healthy.
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
@@ -40,6 +53,9 @@ import { validateWorkerAttributes } from "./worker-attributes.ts";
 
 /** Pause reading from the agent when this many messages wait to be handled. */
 const MAX_PENDING_MESSAGES = 1024;
+/** Bounds on what an agent may send: attempts announced in Hello, and job ids. */
+const MAX_HELLO_RUNNING = 1000;
+const MAX_JOB_ID_LENGTH = 128;
 
 export interface SessionDeps {
   db: Database;
@@ -54,6 +70,8 @@ export interface SessionDeps {
   heartbeatTtlMs: number;
   leaseTtlMs: number;
   maxChunkBytes: number;
+  /** Writes blocked or an assignment unacknowledged this long ends the stream; default the lease TTL. */
+  deafStreamMs?: number;
   onLogChunks?: (count: number) => void;
   /**
    * Does the lease store still hold its data? When it does not, this waits
@@ -85,6 +103,13 @@ function key(jobId: string, attempt: number): string {
   return `${jobId}/${attempt}`;
 }
 
+interface LogProgress {
+  /** Highest seq stored for the attempt (contiguous from 1). */
+  stored: number;
+  /** The next seq this session takes into the pending batch. */
+  next: number;
+}
+
 class RejectionError extends Error {
   readonly code: number;
   constructor(code: number, message: string) {
@@ -103,11 +128,21 @@ export function runAgentSession(
   let state: SessionState = "awaiting_hello";
   let sessionId = "";
   let draining = false;
+  /** The worker's pool, known once Hello is handled. */
+  let poolId = "";
+  /** When the last heartbeat was accepted (the attach counts as one). */
+  let lastHeartbeatAt = 0;
   const held = new Set<string>();
   let chain: Promise<void> = Promise.resolve();
   let pending = 0;
   let pendingChunks: LogChunkRecord[] = [];
   let flushing: Promise<void> | null = null;
+  const progress = new Map<string, LogProgress>();
+  /** Assignments sent and not yet acknowledged by any message about them: when each was sent. */
+  const unacknowledged = new Map<string, number>();
+  let writesBlockedSince: number | null = null;
+  let watchdog: NodeJS.Timeout | null = null;
+  const deafStreamMs = deps.deafStreamMs ?? deps.leaseTtlMs;
 
   const handle: SessionHandle = {
     workerId: worker.id,
@@ -120,7 +155,26 @@ export function runAgentSession(
 
   function send(message: MessageInitShape<typeof ConnectResponseSchema>["message"]): void {
     if (state === "closed") return;
-    call.write(create(ConnectResponseSchema, { message }));
+    const flowing = call.write(create(ConnectResponseSchema, { message }));
+    if (!flowing && writesBlockedSince === null) writesBlockedSince = Date.now();
+  }
+
+  /** Ends a stream that heartbeats but does not take what is sent to it. */
+  function checkDeaf(): void {
+    if (state !== "attached") return;
+    const now = Date.now();
+    if (writesBlockedSince !== null && now - writesBlockedSince > deafStreamMs) {
+      log.warn({ event: "agent_stream_deaf", blockedMs: now - writesBlockedSince }, "the agent stopped reading its stream");
+      end(status.UNAVAILABLE, `the agent has not read its stream for ${now - writesBlockedSince} ms`);
+      return;
+    }
+    for (const [k, sentAt] of unacknowledged) {
+      if (now - sentAt > deafStreamMs) {
+        log.warn({ event: "agent_stream_deaf", assignment: k, waitedMs: now - sentAt }, "the agent did not acknowledge an assignment");
+        end(status.UNAVAILABLE, `assignment ${k} not acknowledged within ${deafStreamMs} ms`);
+        return;
+      }
+    }
   }
 
   function end(code: number, reason: string): void {
@@ -135,6 +189,8 @@ export function runAgentSession(
     if (state === "closed") return;
     const wasAttached = state === "attached";
     state = "closed";
+    if (watchdog !== null) clearInterval(watchdog);
+    watchdog = null;
     if (!wasAttached) return;
     deps.registry.remove(handle);
     deps.onSessionCount?.(-1);
@@ -155,6 +211,7 @@ export function runAgentSession(
   /** Throws RejectionError unless this worker holds the attempt's lease. */
   async function requireLease(jobId: string, attempt: number): Promise<void> {
     if (jobId === "" || attempt < 1) throw new RejectionError(status.INVALID_ARGUMENT, "job_id and attempt are required");
+    if (jobId.length > MAX_JOB_ID_LENGTH) throw new RejectionError(status.INVALID_ARGUMENT, `job_id is longer than ${MAX_JOB_ID_LENGTH} characters`);
     if (held.has(key(jobId, attempt))) return;
     const lease = await leaseOf(jobId, attempt);
     if (lease === null) throw new RejectionError(status.FAILED_PRECONDITION, `no lease for job ${jobId} attempt ${attempt}: it was lost or released`);
@@ -174,6 +231,7 @@ export function runAgentSession(
     switch (message.type) {
       case "assign":
         held.add(key(message.jobId, message.attempt));
+        unacknowledged.set(key(message.jobId, message.attempt), Date.now());
         send({
           case: "assignment",
           value: {
@@ -192,6 +250,8 @@ export function runAgentSession(
         return;
       case "lease_lost":
         held.delete(key(message.jobId, message.attempt));
+        unacknowledged.delete(key(message.jobId, message.attempt));
+        progress.delete(key(message.jobId, message.attempt));
         send({ case: "leaseLost", value: { jobId: message.jobId, attempt: message.attempt, reason: message.reason } });
         return;
       case "drain":
@@ -209,6 +269,9 @@ export function runAgentSession(
     }
     if (hello.sessionId === "" || hello.sessionId.length > 128) {
       throw Object.assign(new Error("hello.session_id must be 1 to 128 characters"), { code: status.INVALID_ARGUMENT });
+    }
+    if (hello.running.length > MAX_HELLO_RUNNING) {
+      throw Object.assign(new Error(`hello announces more than ${MAX_HELLO_RUNNING} running attempts`), { code: status.INVALID_ARGUMENT });
     }
     const attributes = validateWorkerAttributes({ labels: hello.labels, capacity: hello.capacity || worker.capacity });
     if (typeof attributes === "string") throw Object.assign(new Error(attributes), { code: status.INVALID_ARGUMENT });
@@ -237,6 +300,7 @@ export function runAgentSession(
       if (lease !== null && lease.workerId === worker.id) {
         held.add(key(running.jobId, running.attempt));
         const stored = await db.logs.maxSeq(running.jobId, running.attempt);
+        progress.set(key(running.jobId, running.attempt), { stored, next: stored + 1 });
         adopted.push(create(RunningAttemptSchema, { jobId: running.jobId, attempt: running.attempt, ackedSeq: BigInt(stored) }));
       } else {
         abandon.push(create(RunningAttemptSchema, { jobId: running.jobId, attempt: running.attempt }));
@@ -257,7 +321,14 @@ export function runAgentSession(
       { event: "agent_connected", poolId: current.poolId, capacity: current.capacity, labels: current.labels, adopted: adopted.length, abandoned: abandon.length },
       "agent connected",
     );
+    poolId = current.poolId;
+    lastHeartbeatAt = Date.now();
     void deps.placer.drainPool(current.poolId);
+    call.on("drain", () => {
+      writesBlockedSince = null;
+    });
+    watchdog = setInterval(checkDeaf, Math.max(50, Math.min(deps.heartbeatIntervalMs, Math.floor(deafStreamMs / 4))));
+    watchdog.unref();
   }
 
   async function onHeartbeat(draining_: boolean): Promise<void> {
@@ -272,26 +343,59 @@ export function runAgentSession(
       end(status.ABORTED, "this session no longer holds the worker (superseded or detached)");
       return;
     }
+    // A heartbeat after a silence longer than the TTL makes a stale worker
+    // healthy again: jobs waiting for a healthy worker may run now.
+    const now = Date.now();
+    const wasStale = now - lastHeartbeatAt > deps.heartbeatTtlMs;
+    lastHeartbeatAt = now;
+    if (wasStale && poolId !== "") void deps.placer.drainPool(poolId);
     if (draining_ && !draining) {
-      draining = true;
       log.info({ event: "agent_draining" }, "agent is shutting down: no new work");
-      const current = await db.workers.get(worker.id);
-      if (current !== null) {
-        await leases.updateWorker({ workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: false });
+      try {
+        const current = await db.workers.get(worker.id);
+        if (current !== null) {
+          await leases.updateWorker({ workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: false });
+        }
+        draining = true;
+      } catch (error) {
+        // The next heartbeat tries again; the stream stays up.
+        log.warn({ event: "agent_drain_record_failed", err: error }, "recording that the agent drains failed");
       }
     }
   }
 
-  function onLog(chunk: AgentLogChunk): void {
+  /** The attempt's log progress, read from Postgres the first time this session sees the attempt. */
+  async function logProgress(jobId: string, attempt: number): Promise<LogProgress> {
+    const k = key(jobId, attempt);
+    let entry = progress.get(k);
+    if (entry === undefined) {
+      const stored = await db.logs.maxSeq(jobId, attempt);
+      entry = progress.get(k) ?? { stored, next: stored + 1 };
+      progress.set(k, entry);
+    }
+    return entry;
+  }
+
+  async function onLog(chunk: AgentLogChunk): Promise<void> {
     const stream = STREAMS[chunk.stream] ?? "stdout";
     if (chunk.data.byteLength > deps.maxChunkBytes) {
       throw new RejectionError(status.RESOURCE_EXHAUSTED, `log chunk of ${chunk.data.byteLength} bytes exceeds the limit of ${deps.maxChunkBytes}; split it`);
     }
     if (chunk.seq < 1n) throw new RejectionError(status.INVALID_ARGUMENT, "log chunk seq starts at 1");
+    if (chunk.seq > 2n ** 31n - 1n) throw new RejectionError(status.INVALID_ARGUMENT, "log chunk seq is out of range");
+    const seq = Number(chunk.seq);
+    const entry = await logProgress(chunk.jobId, chunk.attempt);
+    if (seq < entry.next) {
+      // A resend of something stored (or about to be): acknowledge what is stored.
+      if (seq <= entry.stored) send({ case: "ack", value: { jobId: chunk.jobId, attempt: chunk.attempt, seq: BigInt(entry.stored), finished: false } });
+      return;
+    }
+    if (seq > entry.next) return;
+    entry.next = seq + 1;
     pendingChunks.push({
       jobId: chunk.jobId,
       attempt: chunk.attempt,
-      seq: Number(chunk.seq),
+      seq,
       stream,
       data: chunk.data,
       time: chunk.time ? timestampDate(chunk.time) : new Date(),
@@ -300,9 +404,10 @@ export function runAgentSession(
   }
 
   async function flushLoop(): Promise<void> {
+    let batch: LogChunkRecord[] = [];
     try {
       while (pendingChunks.length > 0) {
-        const batch = pendingChunks;
+        batch = pendingChunks;
         pendingChunks = [];
         await db.logs.append(batch);
         deps.onLogChunks?.(batch.length);
@@ -314,14 +419,30 @@ export function runAgentSession(
           entry.chunks.push(chunk);
           highest.set(k, entry);
         }
-        for (const entry of highest.values()) {
+        for (const [k, entry] of highest) {
+          const known = progress.get(k);
+          if (known !== undefined) known.stored = Math.max(known.stored, entry.seq);
           send({ case: "ack", value: { jobId: entry.jobId, attempt: entry.attempt, seq: BigInt(entry.seq), finished: false } });
           void deps.events.logs(entry.jobId, entry.chunks);
         }
+        batch = [];
       }
     } catch (error) {
-      log.error({ event: "log_persist_failed", err: error }, "storing log chunks failed; the agent will resend them");
+      // Nothing of the failed batch, nor what queued behind it, is acknowledged:
+      // each attempt takes chunks again from its first unstored seq, which the agent resends.
+      const failed = [...batch, ...pendingChunks];
       pendingChunks = [];
+      const attempts = new Map<string, { jobId: string; attempt: number }>();
+      for (const chunk of failed) attempts.set(key(chunk.jobId, chunk.attempt), { jobId: chunk.jobId, attempt: chunk.attempt });
+      log.error({ event: "log_persist_failed", err: error, chunks: failed.length }, "storing log chunks failed; the agent will resend them");
+      for (const [k, { jobId, attempt }] of attempts) {
+        const entry = progress.get(k);
+        if (entry !== undefined) entry.next = entry.stored + 1;
+        send({
+          case: "rejection",
+          value: { jobId, attempt, code: status.UNAVAILABLE, message: `storing log chunks failed; resend from seq ${(entry?.stored ?? 0) + 1}` },
+        });
+      }
     } finally {
       flushing = null;
     }
@@ -335,6 +456,11 @@ export function runAgentSession(
     await flushLogs();
     const outcome = OUTCOMES[report.outcome];
     if (outcome === undefined) throw new RejectionError(status.INVALID_ARGUMENT, "finish.outcome is required");
+    // The job never ends before its log is complete: chunks that were not stored come first.
+    const stored = (await logProgress(report.jobId, report.attempt)).stored;
+    if (BigInt(stored) < report.lastSeq) {
+      throw new RejectionError(status.UNAVAILABLE, `log stored up to seq ${stored} of ${report.lastSeq}; resend the rest, then the finish report`);
+    }
     const job = await deps.lifecycle.finished(worker.id, report.jobId, report.attempt, {
       outcome,
       exitCode: report.exitCode,
@@ -342,6 +468,7 @@ export function runAgentSession(
       message: report.message.slice(0, 1024),
     });
     held.delete(key(report.jobId, report.attempt));
+    progress.delete(key(report.jobId, report.attempt));
     if (job === null && !(await finishedHere(report.jobId, report.attempt))) {
       throw new RejectionError(status.FAILED_PRECONDITION, `job ${report.jobId} attempt ${report.attempt} is no longer held by this worker`);
     }
@@ -387,15 +514,18 @@ export function runAgentSession(
         case "accept":
           ({ jobId, attempt } = message.value);
           await requireLease(jobId, attempt);
+          unacknowledged.delete(key(jobId, attempt));
           await onAccept(jobId, attempt);
           return;
         case "log":
           ({ jobId, attempt } = message.value);
           await requireLease(jobId, attempt);
-          onLog(message.value);
+          unacknowledged.delete(key(jobId, attempt));
+          await onLog(message.value);
           return;
         case "finish":
           ({ jobId, attempt } = message.value);
+          unacknowledged.delete(key(jobId, attempt));
           if (!held.has(key(jobId, attempt)) && (await finishedHere(jobId, attempt))) {
             send({ case: "ack", value: { jobId, attempt, seq: message.value.lastSeq, finished: true } });
             return;
@@ -407,12 +537,38 @@ export function runAgentSession(
           throw new RejectionError(status.INVALID_ARGUMENT, "empty or unknown message");
       }
     } catch (error) {
-      if (error instanceof RejectionError) reject(jobId, attempt, error.code, error.message);
-      else throw error;
+      if (error instanceof RejectionError) {
+        reject(jobId, attempt, error.code, error.message);
+      } else if (jobId !== "" && typeof (error as { code?: unknown }).code !== "number") {
+        // A store failed (Postgres or Redis unreachable): not recorded, so not acknowledged.
+        // The agent keeps the report and retries; the stream and the other attempts go on.
+        log.error({ event: "agent_report_failed", jobId, attempt, err: error }, "recording an agent report failed; the agent will retry");
+        reject(jobId, attempt, status.UNAVAILABLE, "the server could not record this now; retry");
+      } else {
+        throw error;
+      }
     }
   }
 
+  /** The heartbeat in flight, if any: heartbeats do not wait behind job messages. */
+  let beating: Promise<void> | null = null;
+
   call.on("data", (request: ConnectRequest) => {
+    // Liveness must not wait for Postgres: a heartbeat skips the queue of job
+    // messages (whose order matters), so a stalled store cannot expire leases.
+    if (state === "attached" && request.message.case === "heartbeat") {
+      if (beating !== null) return;
+      const draining_ = request.message.value.draining;
+      beating = onHeartbeat(draining_)
+        .catch((error: Error & { code?: number }) => {
+          log.error({ event: "agent_heartbeat_failed", err: error }, "recording a heartbeat failed");
+          end(typeof error.code === "number" ? error.code : status.UNAVAILABLE, "the server could not record the heartbeat; reconnect");
+        })
+        .finally(() => {
+          beating = null;
+        });
+      return;
+    }
     pending++;
     if (pending >= MAX_PENDING_MESSAGES) call.pause();
     chain = chain

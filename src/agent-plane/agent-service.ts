@@ -12,6 +12,7 @@ import {
   type RegisterResponse,
 } from "../../gen/muster/v1/agent_pb.js";
 import { bearer, hashSecret, newSecret } from "../auth/secrets.ts";
+import { isMalformed } from "../grpc/grpcjs-service.ts";
 import { runAgentSession, type SessionDeps } from "./agent-session.ts";
 import { validateWorkerAttributes } from "./worker-attributes.ts";
 
@@ -81,6 +82,10 @@ export function createAgentService(deps: SessionDeps): UntypedServiceImplementat
 
   return {
     register(call: ServerUnaryCall<RegisterRequest, RegisterResponse>, callback: sendUnaryData<RegisterResponse>) {
+      if (isMalformed(call.request)) {
+        callback({ code: status.INVALID_ARGUMENT, details: call.request.malformed });
+        return;
+      }
       register(call.request).then(
         (response) => callback(null, response),
         (error: { code?: number; details?: string; message?: string }) => {

@@ -48,6 +48,7 @@ import type { JobPlacer } from "../scheduler/job-placer.ts";
 import type { WorkerMessage } from "../scheduler/worker-messages.ts";
 import type { Database } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
+import { isMalformed, type MalformedMessage } from "../grpc/grpcjs-service.ts";
 import type { SessionHandle, SessionRegistry } from "./session-registry.ts";
 import { validateWorkerAttributes } from "./worker-attributes.ts";
 
@@ -553,7 +554,11 @@ export function runAgentSession(
   /** The heartbeat in flight, if any: heartbeats do not wait behind job messages. */
   let beating: Promise<void> | null = null;
 
-  call.on("data", (request: ConnectRequest) => {
+  call.on("data", (request: ConnectRequest | MalformedMessage) => {
+    if (isMalformed(request)) {
+      end(status.INVALID_ARGUMENT, request.malformed);
+      return;
+    }
     // Liveness must not wait for Postgres: a heartbeat skips the queue of job
     // messages (whose order matters), so a stalled store cannot expire leases.
     if (state === "attached" && request.message.case === "heartbeat") {

@@ -13,8 +13,31 @@ function serializer<Desc extends DescMessage>(schema: Desc) {
   };
 }
 
+/**
+ * grpc-js answers INTERNAL when a deserializer throws. A frame that does not
+ * parse is the client's fault (INVALID_ARGUMENT), so the deserializer hands
+ * the handler this marker instead, and the handler refuses it.
+ */
+export interface MalformedMessage {
+  readonly malformed: string;
+}
+
+const MALFORMED = new WeakSet<object>();
+
+export function isMalformed(message: unknown): message is MalformedMessage {
+  return typeof message === "object" && message !== null && MALFORMED.has(message);
+}
+
 function deserializer<Desc extends DescMessage>(schema: Desc) {
-  return (bytes: Buffer): MessageShape<Desc> => fromBinary(schema, bytes);
+  return (bytes: Buffer): MessageShape<Desc> | MalformedMessage => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch (error) {
+      const marker = { malformed: `malformed ${schema.typeName}: ${(error as Error).message}` };
+      MALFORMED.add(marker);
+      return marker;
+    }
+  };
 }
 
 /** The grpc-js definition of a protobuf-es service, keyed by the method's local name (e.g. "connect"). */

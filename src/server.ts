@@ -84,6 +84,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     enabled: config.builtinWorker === "enabled",
     capacity: config.builtinWorkerCapacity,
     workDir: `${config.dataDir}/builtin-work`,
+    leaseTtlMs: config.leaseTtlMs,
     onFinished: (job) => {
       metrics.jobsFinished.inc({ state: job.state });
       if (job.resolvedPoolId !== null) void placer.drainPool(job.resolvedPoolId);

@@ -53,6 +53,8 @@ export interface BuiltinWorkerOptions {
   enabled: boolean;
   capacity: number;
   workDir: string;
+  /** Its attempts hold leases like any worker's, renewed while it runs them, so a replica that dies mid-job loses them. */
+  leaseTtlMs: number;
   /** A job ended: its pool may have queued jobs that fit now. */
   onFinished: (job: JobRecord) => void;
 }
@@ -66,7 +68,11 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
   const { db, events, logger } = options;
   const running = new Map<string, { attempt: number; executor: Executor }>();
   let unsubscribe: Unsubscribe | null = null;
+  let renewer: NodeJS.Timeout | null = null;
   let closed = false;
+
+  const holdLease = (jobId: string, attempt: number) =>
+    options.leases.restoreLease({ jobId, attempt, workerId: BUILTIN_WORKER_ID }, options.leaseTtlMs);
 
   async function run(job: JobRecord, attempt: number): Promise<void> {
     const dir = path.join(options.workDir, `${job.id}-${attempt}`);
@@ -129,6 +135,7 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
       { state: outcome.state, exitCode: outcome.exitCode, failureReason: outcome.failureReason, message: outcome.message, endedAt: now },
       { update: { attempt, patch: { state: "ended", endedAt: now, outcome: outcome.state, exitCode: outcome.exitCode, lastSeq: Number(batcher.lastSeq) } } },
     );
+    await options.leases.release(job.id, attempt);
     if (ended !== null) {
       logger.info({ event: "job_finished", jobId: job.id, attempt, state: ended.state, exitCode: ended.exitCode, builtin: true }, `job ${ended.state}`);
       void events.changed(job.id, ended.state);
@@ -148,6 +155,14 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
         logger.info({ event: "job_cancel", jobId, attempt: entry.attempt, builtin: true }, "cancelling built-in job");
         entry.executor.cancel(graceMs, "cancel");
       });
+      renewer = setInterval(() => {
+        for (const [jobId, entry] of running) {
+          holdLease(jobId, entry.attempt).catch((error) =>
+            logger.warn({ event: "builtin_lease_renew_failed", jobId, err: error }, "renewing a built-in lease failed"),
+          );
+        }
+      }, Math.max(50, Math.floor(options.leaseTtlMs / 3)));
+      renewer.unref();
     },
     async tryStart(job) {
       if (closed || running.size >= options.capacity) return false;
@@ -180,6 +195,7 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
         },
       );
       if (started === null) return true;
+      await holdLease(job.id, attempt);
       logger.info({ event: "job_running", jobId: job.id, attempt, builtin: true }, "job running on the built-in worker");
       void events.changed(job.id, "running");
       run(started, attempt).catch((error) => {
@@ -190,6 +206,7 @@ export function createBuiltinWorker(options: BuiltinWorkerOptions): BuiltinWorke
     },
     async close() {
       closed = true;
+      if (renewer !== null) clearInterval(renewer);
       await unsubscribe?.();
       await Promise.allSettled([...running.values()].map((entry) => entry.executor.close()));
     },

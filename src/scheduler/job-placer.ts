@@ -14,7 +14,7 @@ import type { Logger } from "../logger.ts";
 import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
 import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
-import type { Database } from "../stores/database.ts";
+import type { Database, NewJob } from "../stores/database.ts";
 import { LeaseHeldError, type LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
 import type { JobEvents } from "./job-events.ts";
@@ -25,21 +25,8 @@ const DRAIN_BATCH = 64;
 /** How often queued jobs past their queue deadline are failed. */
 const QUEUE_DEADLINE_SWEEP_MS = 1000;
 
-export interface SubmitInput {
-  space: string;
-  name: string;
-  script: string;
-  env: Record<string, string>;
-  requestedPoolId: string | null;
-  targetId: string | null;
-  runId: string;
-  requiredLabels: string[];
-  priority: number;
-  exclusive: boolean;
-  timeoutMs: number | null;
-  queueTimeoutMs: number | null;
-  maxAttempts: number;
-}
+/** A validated SubmitJob request: what the submitter chose. */
+export type SubmitInput = Omit<NewJob, "id" | "resolvedPoolId" | "poolRule" | "poolReason" | "queueDeadline" | "createdAt">;
 
 export class NotFoundError extends Error {
   override name = "NotFoundError";

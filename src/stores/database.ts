@@ -25,27 +25,29 @@ export class PreconditionError extends Error {
   override name = "PreconditionError";
 }
 
-export interface NewJob {
-  id: string;
-  space: string;
-  name: string;
-  script: string;
-  env: Record<string, string>;
-  requestedPoolId: string | null;
-  targetId: string | null;
-  runId: string;
-  requiredLabels: string[];
-  priority: number;
-  exclusive: boolean;
-  timeoutMs: number | null;
-  queueTimeoutMs: number | null;
-  maxAttempts: number;
-  resolvedPoolId: string | null;
-  poolRule: JobRecord["poolRule"];
-  poolReason: string;
-  queueDeadline: Date | null;
-  createdAt: Date;
-}
+/** What a submission fixes about a job; the rest of JobRecord starts at its defaults. */
+export type NewJob = Pick<
+  JobRecord,
+  | "id"
+  | "space"
+  | "name"
+  | "script"
+  | "env"
+  | "requestedPoolId"
+  | "targetId"
+  | "runId"
+  | "requiredLabels"
+  | "priority"
+  | "exclusive"
+  | "timeoutMs"
+  | "queueTimeoutMs"
+  | "maxAttempts"
+  | "resolvedPoolId"
+  | "poolRule"
+  | "poolReason"
+  | "queueDeadline"
+  | "createdAt"
+>;
 
 /** Conditions a job row must meet for a transition to apply. */
 export interface JobFence {

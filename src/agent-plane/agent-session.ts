@@ -233,6 +233,8 @@ export function runAgentSession(
       case "assign":
         held.add(key(message.jobId, message.attempt));
         unacknowledged.set(key(message.jobId, message.attempt), Date.now());
+        // A new attempt has no stored log yet: no need to ask Postgres.
+        progress.set(key(message.jobId, message.attempt), { stored: 0, next: 1 });
         send({
           case: "assignment",
           value: {

@@ -2,68 +2,278 @@
 //
 // `transition` is the fence that keeps stale attempts from writing: the job
 // row is changed by one conditional UPDATE, and the attempt change rides in
-// the same transaction only if that UPDATE matched. The hot paths here are
-// single statements built with the QueryBuilder and read back as plain rows,
-// never loaded into an identity map.
+// the same statement (a data-modifying CTE over the UPDATE's RETURNING) so it
+// happens only if that UPDATE matched. One statement is atomic on its own: no
+// BEGIN/COMMIT round trips, and a failing attempt insert (a duplicate) leaves
+// the job untouched.
+//
+// Every statement here is raw SQL with bound parameters, run straight on the
+// driver (ctx.query) and mapped to records by hand: these are the scheduler's
+// hot paths, and MikroORM's QueryBuilder costs far more CPU than the query.
 
-import { LockMode } from "@mikro-orm/core";
-import type { QBFilterQuery, SqlEntityManager } from "@mikro-orm/postgresql";
 import type { AttemptRecord, JobRecord } from "../../domain.ts";
 import type { AttemptChange, Database, JobFence, JobPatch, NewJob } from "../database.ts";
-import { JobAttemptEntity, type JobAttemptRow } from "./entities/job-attempt.ts";
-import { JobEntity, type JobRow } from "./entities/job.ts";
+import { toDate, toDateOrNull, toNumberOrNull } from "./raw-values.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
 
-type JobWhere = QBFilterQuery<JobRow>;
+/** A jobs row as the drivers return it (see raw-values.ts for the per-driver types). */
+interface JobDbRow {
+  id: string;
+  space: string;
+  name: string;
+  script: string;
+  env: Record<string, string>;
+  requested_pool_id: string | null;
+  target_id: string | null;
+  run_id: string;
+  required_labels: string[];
+  priority: number;
+  exclusive: boolean;
+  timeout_ms: string | number | null;
+  queue_timeout_ms: string | number | null;
+  max_attempts: number;
+  state: JobRecord["state"];
+  attempt: number;
+  worker_id: string | null;
+  exit_code: number | null;
+  failure_reason: JobRecord["failureReason"];
+  message: string;
+  resolved_pool_id: string | null;
+  pool_rule: JobRecord["poolRule"];
+  pool_reason: string;
+  worker_reason: string;
+  builtin_worker: boolean;
+  created_at: string | Date;
+  started_at: string | Date | null;
+  ended_at: string | Date | null;
+  queue_deadline: string | Date | null;
+}
+
+interface AttemptDbRow {
+  job_id: string;
+  attempt: number;
+  worker_id: string;
+  state: AttemptRecord["state"];
+  assigned_at: string | Date;
+  accepted_at: string | Date | null;
+  ended_at: string | Date | null;
+  outcome: string | null;
+  exit_code: number | null;
+  last_seq: number;
+}
+
+/** Job fields a transition may set, by column. Everything but the id. */
+const JOB_COLUMNS: Readonly<Record<string, string>> = {
+  space: "space",
+  name: "name",
+  script: "script",
+  env: "env",
+  requestedPoolId: "requested_pool_id",
+  targetId: "target_id",
+  runId: "run_id",
+  requiredLabels: "required_labels",
+  priority: "priority",
+  exclusive: "exclusive",
+  timeoutMs: "timeout_ms",
+  queueTimeoutMs: "queue_timeout_ms",
+  maxAttempts: "max_attempts",
+  state: "state",
+  attempt: "attempt",
+  workerId: "worker_id",
+  exitCode: "exit_code",
+  failureReason: "failure_reason",
+  message: "message",
+  resolvedPoolId: "resolved_pool_id",
+  poolRule: "pool_rule",
+  poolReason: "pool_reason",
+  workerReason: "worker_reason",
+  builtinWorker: "builtin_worker",
+  createdAt: "created_at",
+  startedAt: "started_at",
+  endedAt: "ended_at",
+  queueDeadline: "queue_deadline",
+} satisfies Record<Exclude<keyof JobRecord, "id">, string>;
+
+/** Attempt fields an attempt update may set, by column. */
+const ATTEMPT_COLUMNS: Readonly<Record<string, string>> = {
+  workerId: "worker_id",
+  state: "state",
+  assignedAt: "assigned_at",
+  acceptedAt: "accepted_at",
+  endedAt: "ended_at",
+  outcome: "outcome",
+  exitCode: "exit_code",
+  lastSeq: "last_seq",
+} satisfies Record<Exclude<keyof AttemptRecord, "jobId" | "attempt">, string>;
+
+/** The job_attempts columns in insert order. */
+const ATTEMPT_INSERT =
+  "(job_id, attempt, worker_id, state, assigned_at, accepted_at, ended_at, outcome, exit_code, last_seq)";
 
 export function createJobRepository(ctx: StoreContext): Database["jobs"] {
-  const selectJobs = (em: SqlEntityManager, where: JobWhere) => em.qb(JobEntity, "j").select("*").where(where);
+  const jobs = ctx.table("jobs");
+  const attempts = ctx.table("job_attempts");
 
-  const fenceWhere = (jobId: string, fence: JobFence): JobWhere => {
-    const where: JobWhere = { id: jobId, state: { $in: fence.states } };
-    if (fence.attempt !== undefined) where.attempt = fence.attempt;
-    if (fence.workerId !== undefined) where.workerId = fence.workerId;
-    return where;
+  const insertJobSql =
+    `insert into ${jobs} (id, space, name, script, env, requested_pool_id, target_id, run_id, required_labels, ` +
+    "priority, exclusive, timeout_ms, queue_timeout_ms, max_attempts, state, attempt, worker_id, exit_code, " +
+    "failure_reason, message, resolved_pool_id, pool_rule, pool_reason, worker_reason, builtin_worker, created_at, " +
+    "started_at, ended_at, queue_deadline) values ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::text[], $10, $11, $12, " +
+    "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
+  const getJobSql = `select * from ${jobs} where id = $1`;
+  // Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index).
+  const queuedSql = `select * from ${jobs} where resolved_pool_id = $1 and state = 'queued' order by priority desc, created_at asc, id asc limit $2`;
+  const queuedAfterSql =
+    `select * from ${jobs} where resolved_pool_id = $1 and state = 'queued' and ` +
+    "(priority < $3 or (priority = $3 and (created_at > $4 or (created_at = $4 and id > $5)))) " +
+    "order by priority desc, created_at asc, id asc limit $2";
+  const depthSql = `select count(*)::int as n from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
+  const depthBeforeSql =
+    `${depthSql} and (priority > $2 or (priority = $2 and (created_at < $3 or (created_at = $3 and id < $4))))`;
+  // Same predicate as the partial index jobs_queue_index, whose columns
+  // (resolved_pool_id, ..., created_at) answer this from the index alone.
+  const statsSql = `select count(*)::int as queued, min(created_at) as oldest from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
+  const poolsWithQueuedSql = `select distinct resolved_pool_id from ${jobs} where state = 'queued' and resolved_pool_id is not null`;
+  const queueExpiredSql = `select * from ${jobs} where state = 'queued' and queue_deadline < $1 order by queue_deadline asc, id asc limit $2`;
+  const attemptsOrder = "order by job_id asc, attempt asc";
+  const attemptsSql = `select * from ${attempts} where job_id = $1 ${attemptsOrder}`;
+  // `<> 'ended'` rather than `in ('assigned', 'running')`: the same rows,
+  // phrased as the predicate of the partial index job_attempts_live_index.
+  const liveAttemptsSql = `select * from ${attempts} where state <> 'ended' ${attemptsOrder}`;
+  const liveAttemptsOfWorkerSql = `select * from ${attempts} where worker_id = $1 and state <> 'ended' ${attemptsOrder}`;
+
+  const selectJobs = async (sql: string, params: unknown[]): Promise<JobRecord[]> => {
+    const { rows } = await ctx.query<JobDbRow>(sql, params);
+    return rows.map(toJobRecord);
+  };
+  const selectAttempts = async (sql: string, params: unknown[]): Promise<AttemptRecord[]> => {
+    const { rows } = await ctx.query<AttemptDbRow>(sql, params);
+    return rows.map(toAttemptRecord);
   };
 
-  const applyTransition = async (
-    em: SqlEntityManager,
-    where: JobWhere,
+  /**
+   * The one statement of a transition: `j` changes (or, with an empty patch,
+   * locks) the job row if the fence holds; the attempt change reads `j`, so it
+   * writes nothing when `j` is empty.
+   */
+  const transitionStatement = (
+    jobId: string,
+    fence: JobFence,
     patch: JobPatch,
-    attempt: AttemptChange | undefined,
-  ): Promise<JobRecord | null> => {
-    const changes = definedOnly(patch);
-    let row: JobRow | undefined;
-    if (Object.keys(changes).length === 0) {
-      // Nothing to change on the job: lock it so the fence holds until commit.
-      row = (await selectJobs(em, where).setLockMode(LockMode.PESSIMISTIC_WRITE).execute("get")) as JobRow | undefined;
-    } else {
-      const rows = await em.qb(JobEntity).update(changes).where(where).returning("*").execute("all");
-      row = rows[0] as JobRow | undefined;
+    change: AttemptChange | undefined,
+  ): { sql: string; params: unknown[] } => {
+    const params: unknown[] = [jobId, fence.states];
+    let where = "id = $1 and state = any($2::text[])";
+    if (fence.attempt !== undefined) {
+      params.push(fence.attempt);
+      where += ` and attempt = $${params.length}`;
     }
-    if (!row) return null;
-    if (attempt?.insert) {
-      try {
-        await em.qb(JobAttemptEntity).insert(toAttemptRow(attempt.insert)).execute("run");
-      } catch (error) {
-        throw mapConstraintError(error, `attempt ${attempt.insert.attempt} of job ${attempt.insert.jobId}`);
+    if (fence.workerId !== undefined) {
+      params.push(fence.workerId);
+      where += ` and worker_id = $${params.length}`;
+    }
+
+    let sets = "";
+    for (const key of Object.keys(patch)) {
+      const value = (patch as Record<string, unknown>)[key];
+      if (value === undefined) continue; // "leave as is"
+      const column = JOB_COLUMNS[key];
+      if (column === undefined) throw new Error(`jobs.transition: unknown job field "${key}"`);
+      params.push(jobParam(key, value));
+      sets += `${sets === "" ? "" : ", "}${column} = $${params.length}${jobCast(key)}`;
+    }
+    const job =
+      sets === ""
+        ? // Nothing to change on the job: lock it so the fence holds for the attempt change.
+          `select * from ${jobs} where ${where} for update`
+        : `update ${jobs} set ${sets} where ${where} returning *`;
+
+    let insert = change?.insert;
+    let update = change?.update;
+    if (insert !== undefined && update !== undefined && update.attempt === insert.attempt) {
+      // One statement cannot update the row it inserts; insert the updated row instead.
+      insert = { ...insert, ...definedOnly(update.patch) };
+      update = undefined;
+    }
+    const ctes: string[] = [];
+    if (insert !== undefined) {
+      const first = params.length;
+      params.push(
+        insert.jobId,
+        insert.attempt,
+        insert.workerId,
+        insert.state,
+        insert.assignedAt,
+        insert.acceptedAt,
+        insert.endedAt,
+        insert.outcome,
+        insert.exitCode,
+        insert.lastSeq,
+      );
+      const p = (i: number) => `$${first + i}`;
+      ctes.push(
+        `a as (insert into ${attempts} ${ATTEMPT_INSERT} select ${p(1)}::uuid, ${p(2)}::int, ${p(3)}::uuid, ` +
+          `${p(4)}::text, ${p(5)}::timestamptz, ${p(6)}::timestamptz, ${p(7)}::timestamptz, ${p(8)}::text, ` +
+          `${p(9)}::int, ${p(10)}::int from j returning 1)`,
+      );
+    }
+    if (update !== undefined) {
+      let attemptSets = "";
+      for (const key of Object.keys(update.patch)) {
+        const value = (update.patch as Record<string, unknown>)[key];
+        if (value === undefined) continue;
+        const column = ATTEMPT_COLUMNS[key];
+        if (column === undefined) throw new Error(`jobs.transition: unknown attempt field "${key}"`);
+        params.push(value);
+        attemptSets += `${attemptSets === "" ? "" : ", "}${column} = $${params.length}`;
+      }
+      if (attemptSets !== "") {
+        params.push(update.attempt);
+        ctes.push(
+          `u as (update ${attempts} t set ${attemptSets} from j where t.job_id = j.id and t.attempt = $${params.length} returning 1)`,
+        );
       }
     }
-    if (attempt?.update) {
-      const attemptChanges = definedOnly(attempt.update.patch);
-      if (Object.keys(attemptChanges).length > 0) {
-        await em.nativeUpdate(JobAttemptEntity, { job: row.id, attempt: attempt.update.attempt }, attemptChanges);
-      }
-    }
-    return toJobRecord(row);
+    if (ctes.length === 0) return { sql: job, params };
+    return { sql: `with j as (${job}), ${ctes.join(", ")} select * from j`, params };
   };
 
   return {
     async create(job) {
       const record = newJobRecord(job);
       try {
-        await ctx.fork().qb(JobEntity).insert(record).execute("run");
+        await ctx.query(insertJobSql, [
+          record.id,
+          record.space,
+          record.name,
+          record.script,
+          JSON.stringify(record.env),
+          record.requestedPoolId,
+          record.targetId,
+          record.runId,
+          record.requiredLabels,
+          record.priority,
+          record.exclusive,
+          record.timeoutMs,
+          record.queueTimeoutMs,
+          record.maxAttempts,
+          record.state,
+          record.attempt,
+          record.workerId,
+          record.exitCode,
+          record.failureReason,
+          record.message,
+          record.resolvedPoolId,
+          record.poolRule,
+          record.poolReason,
+          record.workerReason,
+          record.builtinWorker,
+          record.createdAt,
+          record.startedAt,
+          record.endedAt,
+          record.queueDeadline,
+        ]);
       } catch (error) {
         throw mapConstraintError(error, `job ${job.id}`);
       }
@@ -72,137 +282,109 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
     async get(id) {
       if (!isUuid(id)) return null;
-      const row = await selectJobs(ctx.fork(), { id }).execute("get");
-      return row ? toJobRecord(row as JobRow) : null;
+      const [job] = await selectJobs(getJobSql, [id]);
+      return job ?? null;
     },
 
     async list(filter, page) {
-      const where: JobWhere = { space: filter.space };
       for (const id of [filter.poolId, filter.workerId, filter.targetId, page.after]) {
         if (id !== undefined && !isUuid(id)) return [];
       }
-      if (filter.poolId !== undefined) where.resolvedPoolId = filter.poolId;
-      if (filter.state !== undefined) where.state = filter.state;
-      if (filter.runId !== undefined) where.runId = filter.runId;
-      if (filter.workerId !== undefined) where.workerId = filter.workerId;
-      if (filter.targetId !== undefined) where.targetId = filter.targetId;
-      const qb = selectJobs(ctx.fork(), where)
-        .orderBy([{ createdAt: "desc" }, { id: "desc" }])
-        .limit(page.limit);
+      const params: unknown[] = [filter.space];
+      let where = "j.space = $1";
+      const equal = (column: string, value: unknown) => {
+        params.push(value);
+        where += ` and j.${column} = $${params.length}`;
+      };
+      if (filter.poolId !== undefined) equal("resolved_pool_id", filter.poolId);
+      if (filter.state !== undefined) equal("state", filter.state);
+      if (filter.runId !== undefined) equal("run_id", filter.runId);
+      if (filter.workerId !== undefined) equal("worker_id", filter.workerId);
+      if (filter.targetId !== undefined) equal("target_id", filter.targetId);
       if (page.after !== undefined) {
         // Keyset: strictly after the previous page's last row in (created_at, id) order.
-        qb.andWhere(
-          `(j.created_at, j.id) < (select p.created_at, p.id from ${ctx.table("jobs")} p where p.id = ?)`,
-          [page.after],
-        );
+        params.push(page.after);
+        where += ` and (j.created_at, j.id) < (select p.created_at, p.id from ${jobs} p where p.id = $${params.length})`;
       }
-      const rows = await qb.execute("all");
-      return (rows as JobRow[]).map(toJobRecord);
+      params.push(page.limit);
+      return selectJobs(
+        `select j.* from ${jobs} j where ${where} order by j.created_at desc, j.id desc limit $${params.length}`,
+        params,
+      );
     },
 
     async transition(jobId, fence, patch, attempt) {
       if (!isUuid(jobId) || fence.states.length === 0) return null;
-      const where = fenceWhere(jobId, fence);
-      if (!attempt?.insert && !attempt?.update) {
-        // One UPDATE is atomic on its own; no transaction round trips.
-        return applyTransition(ctx.fork(), where, patch, undefined);
+      if (fence.workerId !== undefined && !isUuid(fence.workerId)) return null;
+      const { sql, params } = transitionStatement(jobId, fence, patch, attempt);
+      let rows: JobDbRow[];
+      try {
+        ({ rows } = await ctx.query<JobDbRow>(sql, params));
+      } catch (error) {
+        if (attempt?.insert === undefined) throw error;
+        throw mapConstraintError(error, `attempt ${attempt.insert.attempt} of job ${attempt.insert.jobId}`);
       }
-      return ctx.fork().transactional((tx) => applyTransition(tx, where, patch, attempt));
+      const row = rows[0];
+      return row === undefined ? null : toJobRecord(row);
     },
 
     async queued(poolId, limit, after) {
       if (!isUuid(poolId)) return [];
-      const where: JobWhere = { resolvedPoolId: poolId, state: "queued" };
-      if (after) {
-        // Placed after `after` in the queue order: priority desc, created_at asc, id asc.
-        where.$or = [
-          { priority: { $lt: after.priority } },
-          { priority: after.priority, createdAt: { $gt: after.createdAt } },
-          { priority: after.priority, createdAt: after.createdAt, id: { $gt: after.id } },
-        ];
-      }
-      const rows = await selectJobs(ctx.fork(), where)
-        .orderBy([{ priority: "desc" }, { createdAt: "asc" }, { id: "asc" }])
-        .limit(limit)
-        .execute("all");
-      return (rows as JobRow[]).map(toJobRecord);
+      if (after === undefined) return selectJobs(queuedSql, [poolId, limit]);
+      // Placed after `after` in the queue order: priority desc, created_at asc, id asc.
+      return selectJobs(queuedAfterSql, [poolId, limit, after.priority, after.createdAt, after.id]);
     },
 
     async queueDepth(poolId, before) {
       if (!isUuid(poolId)) return 0;
-      const where: JobWhere = { resolvedPoolId: poolId, state: "queued" };
-      if (before) {
-        // "Placed before" in the order of `queued`: priority desc, created_at asc, id asc.
-        where.$or = [
-          { priority: { $gt: before.priority } },
-          { priority: before.priority, createdAt: { $lt: before.createdAt } },
-          { priority: before.priority, createdAt: before.createdAt, id: { $lt: before.id } },
-        ];
-      }
-      return ctx.fork().count(JobEntity, where);
+      // "Placed before" in the order of `queued`: priority desc, created_at asc, id asc.
+      const { rows } =
+        before === undefined
+          ? await ctx.query<{ n: number }>(depthSql, [poolId])
+          : await ctx.query<{ n: number }>(depthBeforeSql, [poolId, before.priority, before.createdAt, before.id]);
+      return Number(rows[0]?.n ?? 0);
     },
 
     async queueStats(poolId) {
       if (!isUuid(poolId)) return { queued: 0, oldestQueuedAt: null };
-      // Same predicate as the partial index jobs_queue_index, whose columns
-      // (resolved_pool_id, ..., created_at) answer this from the index alone.
-      const [row] = await ctx
-        .fork()
-        .execute<{ queued: number; oldest: Date | string | null }[]>(
-          `select count(*)::int as queued, min(created_at) as oldest from ${ctx.table("jobs")} where resolved_pool_id = ? and state = 'queued'`,
-          [poolId],
-        );
-      const oldest = row?.oldest ?? null;
-      return {
-        queued: Number(row?.queued ?? 0),
-        oldestQueuedAt: oldest === null ? null : oldest instanceof Date ? oldest : new Date(oldest),
-      };
+      const { rows } = await ctx.query<{ queued: number; oldest: string | Date | null }>(statsSql, [poolId]);
+      const row = rows[0];
+      return { queued: Number(row?.queued ?? 0), oldestQueuedAt: toDateOrNull(row?.oldest) };
     },
 
     async poolsWithQueuedJobs() {
-      const rows = await ctx
-        .fork()
-        .qb(JobEntity)
-        .select(["resolvedPoolId"], true)
-        .where({ state: "queued", resolvedPoolId: { $ne: null } })
-        .execute("all");
-      return rows.map((row) => row.resolvedPoolId as string);
+      const { rows } = await ctx.query<{ resolved_pool_id: string }>(poolsWithQueuedSql, []);
+      return rows.map((row) => row.resolved_pool_id);
     },
 
     async queueExpired(now, limit) {
-      const rows = await selectJobs(ctx.fork(), { state: "queued", queueDeadline: { $lt: now } })
-        .orderBy([{ queueDeadline: "asc" }, { id: "asc" }])
-        .limit(limit)
-        .execute("all");
-      return (rows as JobRow[]).map(toJobRecord);
+      return selectJobs(queueExpiredSql, [now, limit]);
     },
 
     async attempts(jobId) {
       if (!isUuid(jobId)) return [];
-      return selectAttempts(ctx.fork(), { job: jobId });
+      return selectAttempts(attemptsSql, [jobId]);
     },
 
     async liveAttempts() {
-      // `<> 'ended'` rather than `in ('assigned', 'running')`: the same rows,
-      // phrased as the predicate of the partial index job_attempts_live_index.
-      return selectAttempts(ctx.fork(), { state: { $ne: "ended" } });
+      return selectAttempts(liveAttemptsSql, []);
     },
 
     async liveAttemptsOfWorker(workerId) {
       if (!isUuid(workerId)) return [];
-      return selectAttempts(ctx.fork(), { workerId, state: { $ne: "ended" } });
+      return selectAttempts(liveAttemptsOfWorkerSql, [workerId]);
     },
   };
 }
 
-async function selectAttempts(em: SqlEntityManager, where: QBFilterQuery<JobAttemptRow>): Promise<AttemptRecord[]> {
-  const rows = await em
-    .qb(JobAttemptEntity)
-    .select("*")
-    .where(where)
-    .orderBy([{ job: "asc" }, { attempt: "asc" }])
-    .execute("all");
-  return (rows as JobAttemptRow[]).map(toAttemptRecord);
+/** A job field's value as a parameter: jsonb goes as JSON text (pg would send a JS array as a Postgres array). */
+function jobParam(key: string, value: unknown): unknown {
+  return key === "env" && value !== null ? JSON.stringify(value) : value;
+}
+
+/** The cast a job field's parameter needs in a SET clause (none: the column's type is inferred). */
+function jobCast(key: string): string {
+  return key === "env" ? "::jsonb" : key === "requiredLabels" ? "::text[]" : "";
 }
 
 function newJobRecord(job: NewJob): JobRecord {
@@ -239,73 +421,53 @@ function newJobRecord(job: NewJob): JobRecord {
   };
 }
 
-function toJobRecord(row: JobRow): JobRecord {
+function toJobRecord(row: JobDbRow): JobRecord {
   return {
     id: row.id,
     space: row.space,
     name: row.name,
     script: row.script,
     env: row.env,
-    requestedPoolId: row.requestedPoolId ?? null,
-    targetId: row.targetId ?? null,
-    runId: row.runId,
-    requiredLabels: row.requiredLabels,
+    requestedPoolId: row.requested_pool_id,
+    targetId: row.target_id,
+    runId: row.run_id,
+    requiredLabels: row.required_labels,
     priority: row.priority,
     exclusive: row.exclusive,
-    // bigint columns come back from raw rows as strings.
-    timeoutMs: numberOrNull(row.timeoutMs),
-    queueTimeoutMs: numberOrNull(row.queueTimeoutMs),
-    maxAttempts: row.maxAttempts,
+    timeoutMs: toNumberOrNull(row.timeout_ms),
+    queueTimeoutMs: toNumberOrNull(row.queue_timeout_ms),
+    maxAttempts: row.max_attempts,
     state: row.state,
     attempt: row.attempt,
-    workerId: row.workerId ?? null,
-    exitCode: row.exitCode ?? null,
-    failureReason: row.failureReason ?? null,
+    workerId: row.worker_id,
+    exitCode: row.exit_code,
+    failureReason: row.failure_reason,
     message: row.message,
-    resolvedPoolId: row.resolvedPoolId ?? null,
-    poolRule: row.poolRule ?? null,
-    poolReason: row.poolReason,
-    workerReason: row.workerReason,
-    builtinWorker: row.builtinWorker,
-    createdAt: row.createdAt,
-    startedAt: row.startedAt ?? null,
-    endedAt: row.endedAt ?? null,
-    queueDeadline: row.queueDeadline ?? null,
+    resolvedPoolId: row.resolved_pool_id,
+    poolRule: row.pool_rule,
+    poolReason: row.pool_reason,
+    workerReason: row.worker_reason,
+    builtinWorker: row.builtin_worker,
+    createdAt: toDate(row.created_at),
+    startedAt: toDateOrNull(row.started_at),
+    endedAt: toDateOrNull(row.ended_at),
+    queueDeadline: toDateOrNull(row.queue_deadline),
   };
 }
 
-function toAttemptRow(record: AttemptRecord): JobAttemptRow {
+function toAttemptRecord(row: AttemptDbRow): AttemptRecord {
   return {
-    job: record.jobId,
-    attempt: record.attempt,
-    workerId: record.workerId,
-    state: record.state,
-    assignedAt: record.assignedAt,
-    acceptedAt: record.acceptedAt,
-    endedAt: record.endedAt,
-    outcome: record.outcome,
-    exitCode: record.exitCode,
-    lastSeq: record.lastSeq,
-  };
-}
-
-function toAttemptRecord(row: JobAttemptRow): AttemptRecord {
-  return {
-    jobId: row.job,
+    jobId: row.job_id,
     attempt: row.attempt,
-    workerId: row.workerId,
+    workerId: row.worker_id,
     state: row.state,
-    assignedAt: row.assignedAt,
-    acceptedAt: row.acceptedAt ?? null,
-    endedAt: row.endedAt ?? null,
-    outcome: row.outcome ?? null,
-    exitCode: row.exitCode ?? null,
-    lastSeq: row.lastSeq,
+    assignedAt: toDate(row.assigned_at),
+    acceptedAt: toDateOrNull(row.accepted_at),
+    endedAt: toDateOrNull(row.ended_at),
+    outcome: row.outcome,
+    exitCode: row.exit_code,
+    lastSeq: row.last_seq,
   };
-}
-
-function numberOrNull(value: number | string | null | undefined): number | null {
-  return value === null || value === undefined ? null : Number(value);
 }
 
 /** The patch without its undefined fields, which mean "leave as is". */

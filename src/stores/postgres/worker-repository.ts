@@ -5,10 +5,21 @@ import { randomUUID } from "node:crypto";
 import type { WorkerRecord } from "../../domain.ts";
 import { PreconditionError, type Database } from "../database.ts";
 import { WorkerEntity, type WorkerRow } from "./entities/worker.ts";
+import { toDate, toDateOrNull } from "./raw-values.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
 
 export function createWorkerRepository(ctx: StoreContext): Database["workers"] {
+  // get and byCredentialHash run on every agent call: raw SQL on the driver.
+  const workers = ctx.table("workers");
+  const byIdSql = `select * from ${workers} where id = $1`;
+  const byCredentialHashSql = `select * from ${workers} where credential_hash = $1`;
+  const selectOne = async (sql: string, param: string): Promise<WorkerRecord | null> => {
+    const { rows } = await ctx.query<WorkerDbRow>(sql, [param]);
+    const row = rows[0];
+    return row === undefined ? null : fromDbRow(row);
+  };
+
   /** Applies `changes` to one worker in one statement and returns the updated row. */
   const updateWorker = async (id: string, changes: Partial<WorkerRow>): Promise<WorkerRecord | null> => {
     if (!isUuid(id)) return null;
@@ -66,8 +77,7 @@ export function createWorkerRepository(ctx: StoreContext): Database["workers"] {
 
     async get(id) {
       if (!isUuid(id)) return null;
-      const row = await ctx.fork().findOne(WorkerEntity, { id });
-      return row ? toWorkerRecord(row) : null;
+      return selectOne(byIdSql, id);
     },
 
     async list(space, poolId) {
@@ -78,8 +88,7 @@ export function createWorkerRepository(ctx: StoreContext): Database["workers"] {
     },
 
     async byCredentialHash(credentialHash) {
-      const row = await ctx.fork().findOne(WorkerEntity, { credentialHash });
-      return row ? toWorkerRecord(row) : null;
+      return selectOne(byCredentialHashSql, credentialHash);
     },
 
     async setState(id, state) {
@@ -121,5 +130,36 @@ function toWorkerRecord(row: WorkerRow): WorkerRecord {
     agentVersion: row.agentVersion,
     createdAt: row.createdAt,
     lastSeenAt: row.lastSeenAt ?? null,
+  };
+}
+
+/** A workers row as the drivers return it (timestamptz as strings; see raw-values.ts). */
+interface WorkerDbRow {
+  id: string;
+  space: string;
+  pool_id: string;
+  name: string;
+  labels: string[];
+  capacity: number;
+  state: WorkerRecord["state"];
+  hostname: string;
+  agent_version: string;
+  created_at: string | Date;
+  last_seen_at: string | Date | null;
+}
+
+function fromDbRow(row: WorkerDbRow): WorkerRecord {
+  return {
+    id: row.id,
+    space: row.space,
+    poolId: row.pool_id,
+    name: row.name,
+    labels: row.labels,
+    capacity: row.capacity,
+    state: row.state,
+    hostname: row.hostname,
+    agentVersion: row.agent_version,
+    createdAt: toDate(row.created_at),
+    lastSeenAt: toDateOrNull(row.last_seen_at),
   };
 }

@@ -142,6 +142,12 @@ export async function startTcpProxy(targetPort: number, options: { host?: string
       } else {
         client.end();
         upstream.end();
+        // A half-closed socket whose reading is paused can keep the event
+        // loop busy; whatever the peer did not take within a second is dropped.
+        setTimeout(() => {
+          client.destroy();
+          upstream.destroy();
+        }, 1000).unref();
       }
     };
     client.on("error", () => teardown(true));

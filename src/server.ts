@@ -51,6 +51,8 @@ export interface MusterServer {
 
 /** Agent streams get this long to wind down on shutdown before they are cut. */
 const AGENT_DRAIN_MS = 2000;
+/** No shutdown step may take longer than this. */
+const SHUTDOWN_STEP_MS = 5_000;
 
 export async function startServer(config: ServerConfig, logger: Logger): Promise<MusterServer> {
   let state: ServerState = "starting";
@@ -270,16 +272,30 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       state = "stopping";
       health.set("", "NOT_SERVING");
       logger.info({ event: "server_stopping" }, "Muster is stopping");
-      await apiPlane.close();
-      await agentPlane.drain(AGENT_DRAIN_MS);
-      await agentPlane.close();
-      await recovery.close();
-      await placer.close();
-      await lifecycle.close();
-      await builtin.close();
-      await unsubscribeDelivery();
-      await leases.close();
-      await db.close();
+      // Each step gets a deadline: a stuck step is logged and passed over, so
+      // shutdown always finishes (a process manager would kill us anyway).
+      const step = async (name: string, run: () => Promise<unknown>) => {
+        let timer: NodeJS.Timeout | undefined;
+        const overran = new Promise<"overran">((resolve) => {
+          timer = setTimeout(() => resolve("overran"), SHUTDOWN_STEP_MS);
+          timer.unref();
+        });
+        const result = await Promise.race([run().catch((error) => logger.warn({ event: "shutdown_step_failed", step: name, err: error }, "shutdown step failed")), overran]);
+        clearTimeout(timer);
+        if (result === "overran") logger.warn({ event: "shutdown_step_overran", step: name, ms: SHUTDOWN_STEP_MS }, "shutdown step did not finish in time; going on");
+      };
+      await step("api plane", () => apiPlane.close());
+      await step("agent plane", async () => {
+        await agentPlane.drain(AGENT_DRAIN_MS);
+        await agentPlane.close();
+      });
+      await step("store recovery", () => recovery.close());
+      await step("placer", () => placer.close());
+      await step("lifecycle", () => lifecycle.close());
+      await step("built-in worker", () => builtin.close());
+      await step("delivery", () => unsubscribeDelivery());
+      await step("lease store", () => leases.close());
+      await step("database", () => db.close());
       state = "stopped";
       logger.info({ event: "server_stopped" }, "Muster stopped");
     },

@@ -92,7 +92,17 @@ export async function createTestSchema(label = "t"): Promise<TestSchema> {
 }
 
 export async function dropTestSchema(schema: string): Promise<void> {
-  await onAdminConnection([`drop schema if exists ${quoteIdentifier(schema)} cascade`]);
+  const literal = `'${schema.replaceAll("'", "''")}'`;
+  await onAdminConnection([
+    // A connection left holding locks in this test's schema (a server that did
+    // not close cleanly) would make the drop wait forever: end those sessions
+    // first. Only sessions locking objects of this schema are touched.
+    `select pg_terminate_backend(l.pid) from pg_locks l
+       join pg_class c on c.oid = l.relation
+       join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = ${literal} and l.pid <> pg_backend_pid()`,
+    `drop schema if exists ${quoteIdentifier(schema)} cascade`,
+  ]);
 }
 
 /** A migrated Database in a fresh schema of the test database. */

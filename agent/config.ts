@@ -5,7 +5,7 @@
 import { hostname as osHostname } from "node:os";
 import path from "node:path";
 import packageJson from "../package.json" with { type: "json" };
-import { ConfigError, parseAddress, parseFlags } from "../src/config.ts";
+import { ConfigError, integer, parseAddress, parseFlags } from "../src/config.ts";
 
 export { ConfigError };
 
@@ -73,13 +73,6 @@ export function agentUsage(): string {
   }
   lines.push("", "Exit codes: 0 stopped cleanly, 1 internal error, 2 bad configuration or state, 3 credential rejected.");
   return lines.join("\n");
-}
-
-function integer(value: string, what: string, min: number, max: number): number {
-  if (!/^\d+$/.test(value)) throw new ConfigError(`${what}: "${value}" is not a whole number`);
-  const n = Number(value);
-  if (n < min || n > max) throw new ConfigError(`${what}: ${n} is not between ${min} and ${max}`);
-  return n;
 }
 
 /** "linux, docker,,region=eu" -> ["docker", "linux", "region=eu"]; throws on a label the server would refuse. */

@@ -100,7 +100,8 @@ export function parseAddress(value: string, what: string): { host: string; port:
   return { host, port };
 }
 
-function integer(value: string, what: string, min: number, max: number): number {
+/** A whole number within [min, max], or a ConfigError naming the option. */
+export function integer(value: string, what: string, min: number, max: number): number {
   if (!/^\d+$/.test(value)) throw new ConfigError(`${what}: "${value}" is not a whole number`);
   const n = Number(value);
   if (n < min || n > max) throw new ConfigError(`${what}: ${n} is not between ${min} and ${max}`);

@@ -162,13 +162,19 @@ export function jobHandlers({ db, cache, placer, lifecycle, events, logger }: Jo
           after = v.id(Buffer.from(request.pageToken, "base64url").toString("utf8"), "page_token") ?? undefined;
           if (after === undefined) throw v.invalid("page_token is not one this server issued");
         }
+        // An id filter that cannot name anything matches no job.
+        const optionalId = (raw: string, field: string): string | null | undefined => (raw === "" ? undefined : v.id(raw, field));
+        const poolId = optionalId(request.workerPoolId, "worker_pool_id");
+        const workerId = optionalId(request.workerId, "worker_id");
+        const targetId = optionalId(request.targetId, "target_id");
+        if (poolId === null || workerId === null || targetId === null) return { jobs: [], nextPageToken: "" };
         const filter = {
           space,
-          poolId: request.workerPoolId === "" ? undefined : (v.id(request.workerPoolId, "worker_pool_id") ?? "00000000-0000-0000-0000-000000000000"),
+          poolId,
           state: request.state === 0 ? undefined : STATE_NAMES[request.state],
           runId: request.runId === "" ? undefined : request.runId,
-          workerId: request.workerId === "" ? undefined : (v.id(request.workerId, "worker_id") ?? "00000000-0000-0000-0000-000000000000"),
-          targetId: request.targetId === "" ? undefined : (v.id(request.targetId, "target_id") ?? "00000000-0000-0000-0000-000000000000"),
+          workerId,
+          targetId,
         };
         if (request.state !== 0 && filter.state === undefined) throw v.invalid(`unknown state ${request.state}`);
         const jobs = await db.jobs.list(filter, { limit: limit + 1, after });

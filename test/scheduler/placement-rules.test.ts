@@ -130,6 +130,8 @@ describe("placement rules", () => {
     assert.equal(job.placement?.poolRule, PoolRule.SPACE_DEFAULT);
     assert.equal(job.placement?.resolvedWorkerPoolId, (await defaultPoolOf(s)).id);
     assert.equal(job.placement?.builtinWorker, true);
+    assert.equal((await h.jobs.listJobs({ space: s })).jobs.length, 1);
+    assert.equal((await h.jobs.listJobs({ space: s, workerId: "not-a-worker" })).jobs.length, 0, "a malformed worker id matches nothing");
   });
 
   test("other pools existing change nothing about the default pool", async () => {

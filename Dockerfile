@@ -52,4 +52,5 @@ USER node
 EXPOSE 7070 7071
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["node", "src/main.ts"]
+# --max-semi-space-size: see "Memory" in README.md.
+CMD ["node", "--max-semi-space-size=8", "src/main.ts"]

@@ -42,7 +42,12 @@ type UntypedClient = grpc.Client & {
 };
 
 export interface AgentClientOptions {
-  /** The channel's own reconnect backoff, aligned with the agent's. */
+  /**
+   * The channel's own reconnect backoff. The agent paces its reconnects
+   * itself (backoff.ts); a call made while the channel still waits out its
+   * backoff fails at once without trying, so the channel's wait must never
+   * exceed the agent's shortest delay, or the two would compound.
+   */
   initialReconnectBackoffMs: number;
   maxReconnectBackoffMs: number;
 }

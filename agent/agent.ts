@@ -302,7 +302,7 @@ export function createAgent(config: AgentConfig, options: AgentOptions = {}): Ag
       if (closing.signal.aborted) return;
       client = createAgentClient(config.url, {
         initialReconnectBackoffMs: config.backoffInitialMs,
-        maxReconnectBackoffMs: config.backoffMaxMs,
+        maxReconnectBackoffMs: config.backoffInitialMs,
       });
       const me = await loadOrRegister({ config, client, logger, backoff, signal: closing.signal, pause });
       if (me === null) return;

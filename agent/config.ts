@@ -57,7 +57,7 @@ const OPTIONS = {
   workDir: { flag: "work-dir", env: "MUSTER_WORK_DIR", description: "job working directories (default <state-dir>/work)" },
   logFlushMs: { flag: "log-flush-ms", env: "MUSTER_LOG_FLUSH_MS", description: "send buffered output at least this often (default 50)" },
   maxChunkBytes: { flag: "max-chunk-bytes", env: "MUSTER_MAX_CHUNK_BYTES", description: "largest log chunk (default 65536)" },
-  backoffInitialMs: { flag: "backoff-initial-ms", env: "MUSTER_BACKOFF_INITIAL_MS", description: "first reconnect delay ceiling (default 250)" },
+  backoffInitialMs: { flag: "backoff-initial-ms", env: "MUSTER_BACKOFF_INITIAL_MS", description: "first reconnect delay ceiling; later ones grow to half the time disconnected (default 250)" },
   backoffMaxMs: { flag: "backoff-max-ms", env: "MUSTER_BACKOFF_MAX_MS", description: "largest reconnect delay (default 10000)" },
   ackTimeoutMs: { flag: "ack-timeout-ms", env: "MUSTER_ACK_TIMEOUT_MS", description: "resend unacknowledged output after this long (default 5000)" },
   killGraceMs: { flag: "kill-grace-ms", env: "MUSTER_KILL_GRACE_MS", description: "interrupt-to-kill grace on timeout (default 10000)" },

@@ -1,9 +1,17 @@
 // The server's command line: config -> server -> signals.
 //   npm start -- --api-addr 127.0.0.1:7070 ...   (see --help)
 
-import { ConfigError, loadConfig, usage } from "./config.ts";
-import { createLogger } from "./logger.ts";
-import { startServer } from "./server.ts";
+import { enableCompileCache } from "node:module";
+
+// Start-up time is restart time for every agent (they wait for the agent
+// plane to listen): Node's compile cache keeps the compiled, type-stripped
+// modules (in the OS temp directory, or NODE_COMPILE_CACHE), which saves
+// about a quarter of the start-up CPU. Only modules loaded after this call
+// use it, hence the dynamic imports below.
+enableCompileCache();
+const { ConfigError, loadConfig, usage } = await import("./config.ts");
+const { createLogger } = await import("./logger.ts");
+const { startServer } = await import("./server.ts");
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);

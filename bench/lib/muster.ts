@@ -2,6 +2,7 @@
 // prefix, started as a process (src/main.ts with the probe preloaded), a pool
 // with a registration token, and clean-up of all of it.
 
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -66,13 +67,23 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * The Node flags `npm start` gives the server (package.json "start":
+ * `node <flags> src/main.ts`), so the benchmark runs the server as shipped.
+ */
+function serverNodeFlags(): string[] {
+  const pkg = JSON.parse(readFileSync(path.join(import.meta.dirname, "../../package.json"), "utf8")) as { scripts: { start: string } };
+  const words = pkg.scripts.start.split(/\s+/);
+  return words.slice(1, words.indexOf("src/main.ts"));
+}
+
 export async function startMuster(env: MusterEnv, options: { agentPort?: number; nodeArgs?: string[]; name?: string } = {}): Promise<MusterServer> {
   const child = startChild({
     name: options.name ?? "muster-server",
     script: "src/main.ts",
     args: ["--api-addr", "127.0.0.1:0", "--agent-addr", `127.0.0.1:${options.agentPort ?? 0}`],
     env: env.env,
-    nodeArgs: options.nodeArgs,
+    nodeArgs: [...serverNodeFlags(), ...(options.nodeArgs ?? [])],
   });
   // The start-up hint goes to stderr whatever the log level (the runs use "warn").
   const line = await child.waitForLine((l) => l.startsWith("Muster API plane on "), 60_000);

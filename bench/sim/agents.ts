@@ -103,7 +103,8 @@ function newClient(): UntypedClient {
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.initial_reconnect_backoff_ms": BACKOFF_INITIAL_MS,
-    "grpc.max_reconnect_backoff_ms": BACKOFF_MAX_MS,
+    // As the real agent (agent/agent.ts): the channel never waits longer than the agent's shortest delay.
+    "grpc.max_reconnect_backoff_ms": BACKOFF_INITIAL_MS,
   }) as unknown as UntypedClient;
 }
 

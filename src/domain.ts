@@ -80,6 +80,7 @@ export interface WorkerRecord {
   hostname: string;
   agentVersion: string;
   createdAt: Date;
+  /** The last Hello recorded; a Hello that repeats what is stored is recorded at most once a minute. Null until one is. */
   lastSeenAt: Date | null;
 }
 

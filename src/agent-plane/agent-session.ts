@@ -100,6 +100,27 @@ const STREAMS: Record<number, LogStreamName | undefined> = {
   [LogStream.SYSTEM]: "system",
 };
 
+/** A Hello that repeats what is stored refreshes the worker's last-seen time at most this often. */
+const HELLO_RECORD_INTERVAL_MS = 60_000;
+
+/**
+ * Whether a Hello must be written: the agent announces labels, capacity,
+ * hostname or version other than stored, or the worker was last recorded
+ * (by a Hello, else by registering) longer ago than HELLO_RECORD_INTERVAL_MS.
+ */
+export function helloChanges(
+  worker: WorkerRecord,
+  announced: { labels: string[]; capacity: number; hostname: string; agentVersion: string },
+  now: Date,
+): boolean {
+  const sameLabels = worker.labels.length === announced.labels.length && worker.labels.every((label, i) => label === announced.labels[i]);
+  if (!sameLabels || worker.capacity !== announced.capacity || worker.hostname !== announced.hostname || worker.agentVersion !== announced.agentVersion) {
+    return true;
+  }
+  const recorded = worker.lastSeenAt ?? worker.createdAt;
+  return now.getTime() - recorded.getTime() >= HELLO_RECORD_INTERVAL_MS;
+}
+
 function key(jobId: string, attempt: number): string {
   return `${jobId}/${attempt}`;
 }
@@ -280,11 +301,15 @@ export function runAgentSession(
     if (typeof attributes === "string") throw Object.assign(new Error(attributes), { code: status.INVALID_ARGUMENT });
     sessionId = hello.sessionId;
     log = log.child({ sessionId });
-    const current = await db.workers.recordHello(
-      worker.id,
-      { labels: attributes.labels, capacity: attributes.capacity, hostname: hello.hostname.slice(0, 255), agentVersion: hello.agentVersion.slice(0, 64) },
-      new Date(),
-    );
+    const announced = { labels: attributes.labels, capacity: attributes.capacity, hostname: hello.hostname.slice(0, 255), agentVersion: hello.agentVersion.slice(0, 64) };
+    const now = new Date();
+    // `worker` was read by credential an instant ago. A Hello that repeats it
+    // (a reconnect, or the first Hello after registering) is not written:
+    // a thousand agents coming back after a restart would otherwise queue a
+    // thousand commits ahead of their Welcomes.
+    const current = helloChanges(worker, announced, now)
+      ? await db.workers.recordHello(worker.id, announced, now)
+      : worker;
     if (current === null) throw Object.assign(new Error("the worker was deleted"), { code: status.UNAUTHENTICATED });
     const replaced = deps.registry.add(handle);
     replaced?.end(status.ABORTED, "superseded by a newer session of the same worker");
@@ -298,11 +323,17 @@ export function runAgentSession(
     deps.onSessionCount?.(1);
     const adopted = [];
     const abandon = [];
-    for (const running of hello.running) {
-      const lease = await leaseOf(running.jobId, running.attempt);
-      if (lease !== null && lease.workerId === worker.id) {
+    // Each announced attempt is looked up concurrently (its lease, then its stored log).
+    const verdicts = await Promise.all(
+      hello.running.map(async (running) => {
+        const lease = await leaseOf(running.jobId, running.attempt);
+        if (lease === null || lease.workerId !== worker.id) return { running, stored: null };
+        return { running, stored: await db.logs.maxSeq(running.jobId, running.attempt) };
+      }),
+    );
+    for (const { running, stored } of verdicts) {
+      if (stored !== null) {
         held.add(key(running.jobId, running.attempt));
-        const stored = await db.logs.maxSeq(running.jobId, running.attempt);
         progress.set(key(running.jobId, running.attempt), { stored, next: stored + 1 });
         adopted.push(create(RunningAttemptSchema, { jobId: running.jobId, attempt: running.attempt, ackedSeq: BigInt(stored) }));
       } else {
@@ -426,7 +457,10 @@ export function runAgentSession(
           const known = progress.get(k);
           if (known !== undefined) known.stored = Math.max(known.stored, entry.seq);
           send({ case: "ack", value: { jobId: entry.jobId, attempt: entry.attempt, seq: BigInt(entry.seq), finished: false } });
-          void deps.events.logs(entry.jobId, entry.chunks);
+          // Live followers only: the chunks are stored, and a follower that misses them reads them from Postgres.
+          deps.events.logs(entry.jobId, entry.chunks).catch((error: unknown) => {
+            log.warn({ event: "log_publish_failed", jobId: entry.jobId, err: error }, "publishing log chunks to live followers failed");
+          });
         }
         batch = [];
       }
@@ -460,7 +494,8 @@ export function runAgentSession(
     const outcome = OUTCOMES[report.outcome];
     if (outcome === undefined) throw new RejectionError(status.INVALID_ARGUMENT, "finish.outcome is required");
     // The job never ends before its log is complete: chunks that were not stored come first.
-    const stored = (await logProgress(report.jobId, report.attempt)).stored;
+    // (An attempt that wrote nothing, lastSeq 0, has nothing to check.)
+    const stored = report.lastSeq === 0n ? 0 : (await logProgress(report.jobId, report.attempt)).stored;
     if (BigInt(stored) < report.lastSeq) {
       throw new RejectionError(status.UNAVAILABLE, `log stored up to seq ${stored} of ${report.lastSeq}; resend the rest, then the finish report`);
     }

@@ -12,6 +12,7 @@ import { WorkerPoolService } from "../gen/muster/v1/worker_pool_pb.js";
 import { createAgentService } from "./agent-plane/agent-service.ts";
 import { createAgentPlaneServer } from "./agent-plane/agent-plane-server.ts";
 import { createSessionRegistry } from "./agent-plane/session-registry.ts";
+import { withLocalDelivery } from "./scheduler/local-delivery.ts";
 import { createApiPlane } from "./api/api-plane.ts";
 import { jobHandlers } from "./api/job-handlers.ts";
 import { targetHandlers } from "./api/target-handlers.ts";
@@ -62,12 +63,12 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     schema: config.databaseSchema ?? undefined,
     logger,
   });
-  const leases: LeaseStore =
+  const store: LeaseStore =
     config.redisUrl === null
       ? createMemoryLeaseStore()
       : createRedisLeaseStore({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, logger });
   try {
-    await leases.start();
+    await store.start();
   } catch (error) {
     await db.close();
     throw error;
@@ -76,8 +77,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
 
   const metrics = createMetrics();
   const health = createHealthStatus();
-  const events = createJobEvents(leases);
   const registry = createSessionRegistry();
+  // Everything below delivers through this: straight to a session held here, else via the store.
+  const leases = withLocalDelivery(store, registry);
+  const events = createJobEvents(leases);
   const builtin = createBuiltinWorker({
     db,
     leases,

@@ -1,7 +1,8 @@
 // The agent plane: a @grpc/grpc-js server for AgentService, with
 // grpc.health.v1.Health and server reflection (v1, v1alpha) served through
 // the connect-es adapter. grpc-js owns keepalive pings, connection ageing
-// and message size limits; the tunables are below.
+// and message size limits; the tunables are below. HTTP/2 flow-control
+// windows are wider than the defaults (http2-windows.ts).
 //
 // Lifecycle: 'idle' -> 'starting' -> 'running' -> 'draining' -> 'closed'.
 // drain(graceMs) stops accepting connections, ends health watches, sends
@@ -24,6 +25,7 @@ import {
   ServerReflectionV1Alpha,
 } from "../grpc/reflection-service.ts";
 import type { Logger } from "../logger.ts";
+import { widenConnectionWindows, widenStreamWindow } from "./http2-windows.ts";
 
 /** The server pings each connection after this long without activity, to find dead agents behind NATs. */
 const KEEPALIVE_TIME_MS = 30_000;
@@ -104,6 +106,7 @@ export function agentPlaneChannelOptions(options: AgentPlaneOptions): grpc.Serve
 export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneServer {
   const { logger } = options;
   const server = new grpc.Server(agentPlaneChannelOptions(options));
+  widenStreamWindow(server, logger);
   // Ends health watches (and any other adapter-served stream) on drain.
   const shutdown = new AbortController();
   const adapterOptions = { shutdownSignal: shutdown.signal, logger };
@@ -131,6 +134,7 @@ export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneSe
           error ? reject(error) : resolve(bound),
         );
       });
+      widenConnectionWindows(server, logger);
       state = "running";
       logger.info({ event: "agent_plane_listening", host: options.host, port }, "agent plane listening");
       return { host: options.host, port };

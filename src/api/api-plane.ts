@@ -27,6 +27,7 @@ import {
   ServerReflectionV1Alpha,
 } from "../grpc/reflection-service.ts";
 import type { Logger } from "../logger.ts";
+import { API_COMPRESSION } from "./compression.ts";
 import { httpEndpoints, type Readiness } from "./http-endpoints.ts";
 import { createPrefaceListener } from "./preface-listener.ts";
 import { rpcLoggingInterceptor } from "./rpc-logging.ts";
@@ -94,6 +95,7 @@ export function createApiPlane(options: ApiPlaneOptions): ApiPlane {
       router.service(ServerReflectionV1Alpha, reflectionServiceV1Alpha(index));
     },
     readMaxBytes: READ_MAX_BYTES,
+    acceptCompression: API_COMPRESSION,
     shutdownSignal: shutdown.signal,
     interceptors: [rpcLoggingInterceptor(logger), endStreamsOnShutdown(shutdown.signal)],
     fallback: httpEndpoints({

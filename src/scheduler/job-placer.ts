@@ -15,7 +15,7 @@ import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
 import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
 import type { Database, NewJob } from "../stores/database.ts";
-import { LeaseHeldError, type LeaseStore } from "../stores/lease-store.ts";
+import type { LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
 import type { JobEvents } from "./job-events.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
@@ -190,14 +190,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     for (;;) {
       const queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
       if (queued.length === 0 || closed || paused) return;
-      for (const job of queued) {
-        let targetName: string | null = null;
-        if (job.targetId !== null && job.poolRule === "target_default") {
-          if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
-          targetName = targetNames.get(job.targetId) ?? null;
+      if (route.kind === "pool") {
+        if ((await placePage(queued, pool, targetNames)) === "blocked") return;
+      } else {
+        for (const job of queued) {
+          if ((await placeElsewhere(job, route)) === "blocked") return;
         }
-        const result = route.kind === "pool" ? await placeOnPool(job, pool, targetName) : await placeElsewhere(job, route);
-        if (result === "blocked") return;
       }
       if (queued.length < DRAIN_BATCH) return;
       after = queued[queued.length - 1];
@@ -215,57 +213,104 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     return (await options.builtin.tryStart(job)) ? "placed" : "blocked";
   }
 
-  async function placeOnPool(job: JobRecord, pool: WorkerPoolRecord, targetName: string | null): Promise<"placed" | "blocked" | "skipped"> {
-    const attempt = job.attempt + 1;
-    let choice;
-    try {
-      choice = await leases.acquire({
+  /**
+   * Places a page of the pool's queue: one lease-store call decides the page
+   * in queue order (stopping at the first plain job without room), then the
+   * assignments are written together (one statement, see job-batches.ts) and
+   * pushed to their workers. "blocked": a job that must be placed before the
+   * rest of the queue is waiting, so the pass ends here.
+   */
+  async function placePage(
+    queued: JobRecord[],
+    pool: WorkerPoolRecord,
+    targetNames: Map<string, string | null>,
+  ): Promise<"placed" | "blocked"> {
+    const choices = await leases.acquireMany(
+      queued.map((job) => ({
         poolId: pool.id,
         jobId: job.id,
-        attempt,
+        attempt: job.attempt + 1,
         runId: job.runId,
         requiredLabels: job.requiredLabels,
         exclusive: job.exclusive,
         leaseTtlMs: options.leaseTtlMs,
-      });
-    } catch (error) {
-      // Another replica is placing this attempt; its lease is not ours to release.
-      if (error instanceof LeaseHeldError) return "skipped";
-      throw error;
-    }
+      })),
+    );
     const now = Date.now();
-    const outcome = decideOnChoice({
-      choice,
-      poolName: pool.name,
-      targetName,
-      requiredLabels: job.requiredLabels,
-      exclusive: job.exclusive,
-      queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
-      now,
-    });
-    if (outcome.kind === "fail") {
-      if (options.verifyStore !== undefined && !(await options.verifyStore())) return "blocked";
-      await fail(job, outcome.reason, outcome.message);
-      return "placed";
-    }
-    if (outcome.kind === "wait") {
-      if (job.workerReason !== outcome.reason) {
-        remember(await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason }));
+    let blocked = choices.length < queued.length;
+    let storeHolds: boolean | undefined;
+    const writes: Array<Promise<unknown>> = [];
+    for (let n = 0; n < choices.length; n++) {
+      const job = queued[n]!;
+      const choice = choices[n]!;
+      // Another replica is placing this attempt; its lease is not ours to release.
+      if (choice === "held") continue;
+      let targetName: string | null = null;
+      if (job.targetId !== null && job.poolRule === "target_default") {
+        if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
+        targetName = targetNames.get(job.targetId) ?? null;
+      }
+      const outcome = decideOnChoice({
+        choice,
+        poolName: pool.name,
+        targetName,
+        requiredLabels: job.requiredLabels,
+        exclusive: job.exclusive,
+        queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
+        now,
+      });
+      if (outcome.kind === "leased") {
+        writes.push(assign(job, job.attempt + 1, outcome.workerId, outcome.reason, pool, now));
+        continue;
+      }
+      // A job that would fail for want of a healthy worker fails only if the
+      // lease store still holds its data (it may be being rebuilt).
+      if (outcome.kind === "fail") storeHolds ??= options.verifyStore === undefined || (await options.verifyStore());
+      if (outcome.kind === "fail" && storeHolds) {
+        writes.push(fail(job, outcome.reason, outcome.message));
+        continue;
+      }
+      if (outcome.kind === "wait" && job.workerReason !== outcome.reason) {
+        writes.push(
+          db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason }).then(remember),
+        );
       }
       // Jobs without special needs queue behind this one (priority, then FIFO);
       // a job that waits for labels or exclusivity does not hold the others back.
       const special = job.requiredLabels.length > 0 || job.exclusive || (!choice.ok && choice.code === "no_healthy_worker");
-      return special ? "skipped" : "blocked";
+      if (outcome.kind === "wait" && special) continue;
+      // This job holds the queue: leases taken behind it in this page go back.
+      for (let later = n + 1; later < choices.length; later++) {
+        const taken = choices[later]!;
+        if (taken !== "held" && taken.ok) writes.push(leases.release(queued[later]!.id, queued[later]!.attempt + 1));
+      }
+      blocked = true;
+      break;
     }
+    const settled = await Promise.allSettled(writes);
+    const failure = settled.find((result) => result.status === "rejected");
+    if (failure !== undefined) throw failure.reason;
+    return blocked ? "blocked" : "placed";
+  }
+
+  /** Records the lease as the job's next attempt, then pushes the job to the worker's stream. */
+  async function assign(
+    job: JobRecord,
+    attempt: number,
+    workerId: string,
+    reason: string,
+    pool: WorkerPoolRecord,
+    now: number,
+  ): Promise<void> {
     const assigned = await db.jobs.transition(
       job.id,
       { states: ["queued"], attempt: job.attempt },
-      { state: "assigned", attempt, workerId: outcome.workerId, workerReason: outcome.reason, builtinWorker: false },
+      { state: "assigned", attempt, workerId, workerReason: reason, builtinWorker: false },
       {
         insert: {
           jobId: job.id,
           attempt,
-          workerId: outcome.workerId,
+          workerId,
           state: "assigned",
           assignedAt: new Date(now),
           acceptedAt: null,
@@ -279,12 +324,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     if (assigned === null) {
       // Another replica placed or cancelled it first.
       await leases.release(job.id, attempt);
-      return "skipped";
+      return;
     }
     remember(assigned);
     options.onPlaced?.(assigned, job.createdAt);
     const delivered = await leases.deliver({
-      workerId: outcome.workerId,
+      workerId,
       payload: encodeWorkerMessage({
         type: "assign",
         jobId: job.id,
@@ -296,17 +341,13 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         runId: job.runId,
       }),
     });
-    logger.info(
-      { event: "job_assigned", jobId: job.id, attempt, workerId: outcome.workerId, pool: pool.name, delivered },
-      "job assigned",
-    );
+    logger.info({ event: "job_assigned", jobId: job.id, attempt, workerId, pool: pool.name, delivered }, "job assigned");
     void events.changed(job.id, "assigned");
     if (!delivered) {
       await requeue(assigned, attempt, "unreachable", "worker stream not held by any replica");
-      return "skipped";
+      return;
     }
-    watchAcceptance(job.id, attempt, outcome.workerId);
-    return "placed";
+    watchAcceptance(job.id, attempt, workerId);
   }
 
   /** DESIGN "Choosing the worker", step 4: no acceptance in time, place it again. */

@@ -120,6 +120,16 @@ export interface LeaseStore {
 
   /** Atomically chooses a worker of the pool and records a lease on it. Throws LeaseHeldError if the attempt holds one. */
   acquire(request: AcquireRequest): Promise<AcquireResult>;
+  /**
+   * A page of one pool's queue in one atomic call: decides the requests in
+   * order, each as acquire() would, each seeing the leases taken before it.
+   * Stops after the first request without labels and without exclusivity
+   * that found every matching worker busy (the rest could only take room
+   * that request is owed). One answer per request decided, in order: its
+   * result, or "held" where acquire() would throw LeaseHeldError. Every
+   * request must name the same pool and lease TTL.
+   */
+  acquireMany(requests: AcquireRequest[]): Promise<Array<AcquireResult | "held">>;
   /** Releases the attempt's lease. Returns false if there was none (lost or released). */
   release(jobId: string, attempt: number): Promise<boolean>;
   /** The attempt's lease, or null if it was released or expired. */
@@ -145,7 +155,33 @@ export interface LeaseStore {
   /** Sets the generation marker unless one is set; returns the one in force. */
   claimEpoch(candidate: string): Promise<string>;
 
-  /** Fan-out to every replica (log chunks, job state changes, pool capacity freed). */
+  /** Fan-out to every replica (job state changes, pool capacity freed). */
   publish(channel: string, payload: string): Promise<void>;
   subscribe(channel: string, handler: (payload: string) => void): Promise<Unsubscribe>;
+  /**
+   * Fan-out of bytes (log chunks): sent and received as they are, with no
+   * text encoding. A channel carries either text or bytes, never both. Every
+   * byte subscriber of the channel, on any replica, gets each payload once;
+   * those on the publishing replica get it without a round trip through the
+   * store, and the Redis store sends it to Redis only when another replica
+   * subscribes. A handler may keep the payload but must not modify it: every
+   * handler of the channel gets the same one.
+   */
+  publishBytes(channel: string, payload: Uint8Array): Promise<void>;
+  subscribeBytes(channel: string, handler: (payload: Uint8Array) => void): Promise<Unsubscribe>;
+}
+
+/** acquireMany's stop rule: a plain request (no labels, not exclusive) that found no room. */
+export function blocksTheQueue(request: AcquireRequest, result: AcquireResult | "held"): boolean {
+  return result !== "held" && !result.ok && result.code === "all_busy" && request.requiredLabels.length === 0 && !request.exclusive;
+}
+
+/** Checks acquireMany's precondition: one pool, one lease TTL. */
+export function assertOnePool(requests: AcquireRequest[]): void {
+  const [first] = requests;
+  for (const request of requests) {
+    if (request.poolId !== first!.poolId || request.leaseTtlMs !== first!.leaseTtlMs) {
+      throw new RangeError("acquireMany: every request must name the same pool and lease TTL");
+    }
+  }
 }

@@ -261,6 +261,51 @@ export function leaseStoreContract(name: string, make: MakeLeaseStore): void {
       );
     });
 
+    describe("placing a page at once (acquireMany)", () => {
+      test(
+        "decides a page in order, as acquire would one by one, and stops at the first plain job without room",
+        withStore(async (store) => {
+          await attachAll(store, [worker("a", { capacity: 2 }), worker("b", { capacity: 1, labels: ["gpu"] })]);
+          const page = [
+            job("j1"),
+            job("j2", { requiredLabels: ["arm"] }), // no worker carries it: waits, does not stop the page
+            job("j3"),
+            job("j4", { exclusive: true }), // no idle worker left: waits, does not stop the page
+            job("j5"),
+            job("j6"), // a plain job with no room: the page stops here
+            job("j7", { requiredLabels: ["gpu"] }), // never decided, though b has room
+          ];
+          const results = await store.acquireMany(page);
+          assert.equal(results.length, 6);
+          const [r1, r2, r3, r4, r5, r6] = results;
+          assert.ok(r1 !== "held" && r3 !== "held" && r5 !== "held");
+          // Fewest leases first: a, b, then a again; a and b are then full.
+          assert.deepEqual([placed(r1).workerId, placed(r3).workerId, placed(r5).workerId], ["a", "b", "a"]);
+          assert.deepEqual(r2, { ok: false, code: "no_healthy_worker", healthy: 2, matching: 0 });
+          assert.deepEqual(r4, { ok: false, code: "all_busy", healthy: 2, matching: 2 });
+          assert.deepEqual(r6, { ok: false, code: "all_busy", healthy: 2, matching: 2 });
+          assert.deepEqual(await leaseCounts(store, ["a", "b"]), { a: 2, b: 1 });
+          assert.equal(await store.lease("j7", 1), null);
+        }),
+      );
+
+      test(
+        "an attempt already leased answers held and the rest of the page is still decided",
+        withStore(async (store) => {
+          await attachAll(store, [worker("a"), worker("b")]);
+          const first = placed(await store.acquire(job("j1")));
+          const results = await store.acquireMany([job("j1"), job("j2", { runId: "r" }), job("j3")]);
+          assert.equal(results[0], "held");
+          assert.equal(results.length, 3);
+          assert.deepEqual(await store.lease("j1", 1), { jobId: "j1", attempt: 1, workerId: first.workerId });
+          const total = Object.values(await leaseCounts(store, ["a", "b"])).reduce((x, y) => x + y, 0);
+          assert.equal(total, 3);
+          assert.deepEqual(await store.acquireMany([]), []);
+          await assert.rejects(store.acquireMany([job("x"), job("y", { poolId: "other" })]), RangeError);
+        }),
+      );
+    });
+
     describe("sessions", () => {
       test(
         "detach by a replaced session is a no-op; leases outlive a detach",
@@ -483,6 +528,30 @@ export function leaseStoreContract(name: string, make: MakeLeaseStore): void {
           await sleep(20);
           assert.deepEqual(first, ["m1", "m2", "m3"]);
           assert.deepEqual(other, []);
+        }),
+      );
+
+      test(
+        "publishBytes delivers every byte unchanged (not text), in order, to every byte subscriber until it unsubscribes",
+        withStore(async (store) => {
+          const first: Uint8Array[] = [];
+          const second: Uint8Array[] = [];
+          const unsubscribeFirst = await store.subscribeBytes("bytes", (p) => first.push(p));
+          await store.subscribeBytes("bytes", (p) => second.push(p));
+          // Not valid UTF-8 (a lone 0xff, a cut multi-byte sequence), zeros, and one large payload.
+          const large = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff);
+          const payloads = [new Uint8Array([0xff, 0x00, 0xc3]), new Uint8Array(0), large];
+          for (const payload of payloads) await store.publishBytes("bytes", payload);
+          await waitFor(() => first.length === 3 && second.length === 3, "three payloads on both subscribers");
+          for (const received of [first, second]) {
+            assert.deepEqual(received.map((p) => Buffer.from(p).toString("hex")), payloads.map((p) => Buffer.from(p).toString("hex")));
+          }
+
+          await unsubscribeFirst();
+          await store.publishBytes("bytes", new Uint8Array([1]));
+          await waitFor(() => second.length === 4, "the fourth payload");
+          await sleep(20);
+          assert.equal(first.length, 3);
         }),
       );
     });

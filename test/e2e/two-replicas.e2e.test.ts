@@ -262,6 +262,25 @@ describe("two server replicas on one Postgres and one Redis", () => {
     assert.equal((await a.jobs.getJob({ id })).job!.state, JobState.SUCCEEDED);
   });
 
+  test("GetJobLogs follow on A streams, live, the log of a job whose agent is on B", { timeout: 30_000 }, async () => {
+    const lines = Array.from({ length: 6 }, (_, n) => `line ${n + 1} \u00e9\u00e8`);
+    const script = `for l in ${lines.map((l) => `'${l}'`).join(" ")}; do echo "$l"; sleep 0.3; done`;
+    const submitted = await b.jobs.submitJob({ name: "followed-across", workerPoolId: soloPool, script });
+    const id = submitted.job!.id;
+    const seqs: bigint[] = [];
+    const parts: Buffer[] = [];
+    let stateAtFirstChunk: JobState | undefined;
+    for await (const response of a.jobs.getJobLogs({ jobId: id, fromSeq: 0n, follow: true }, { signal: AbortSignal.timeout(20_000) })) {
+      if (seqs.length === 0) stateAtFirstChunk = (await a.jobs.getJob({ id })).job!.state;
+      seqs.push(response.chunk!.seq);
+      parts.push(Buffer.from(response.chunk!.data));
+    }
+    assert.equal(stateAtFirstChunk, JobState.RUNNING, "the first lines reached the follower on A while the job still ran on B");
+    assert.equal(Buffer.concat(parts).toString("utf8"), lines.map((l) => `${l}\n`).join(""), "every line once, in order");
+    assert.deepEqual(seqs, seqs.map((_, i) => BigInt(i + 1)), "sequence numbers from 1, without gap or repeat");
+    assert.equal((await a.jobs.getJob({ id })).job!.state, JobState.SUCCEEDED);
+  });
+
   // "No queued job waits while an eligible worker has room": jobs waiting for
   // a label no worker carries (queue_timeout) do not hold back the jobs queued
   // after them, however many there are.

@@ -250,6 +250,127 @@ for (const driver of drivers) {
       assert.equal((await db.jobs.liveAttempts()).some((a) => a.jobId === job.id), true);
     });
 
+    // Calls made in one turn share one statement (job-batches.ts); what each
+    // caller sees must be what it would see on its own.
+    test("transitions made together: each job fenced on its own, attempts written only for the jobs that moved", async () => {
+      await freshPool();
+      const created = await Promise.all(Array.from({ length: 6 }, () => db.jobs.create(newJob(space, poolId))));
+      for (const job of created) assert.deepEqual(await db.jobs.get(job.id), job);
+      const at = new Date(clock + 3);
+      // Jobs 1 and 4 are fenced on an attempt they are not at: they must not move.
+      const results = await Promise.all(
+        created.map((job, n) =>
+          db.jobs.transition(
+            job.id,
+            { states: ["queued"], attempt: n === 1 || n === 4 ? 7 : 0 },
+            { state: "assigned", attempt: 1, workerId: worker.id, workerReason: `pick ${n}`, builtinWorker: false },
+            { insert: attemptRow(job.id, 1, worker.id, at) },
+          ),
+        ),
+      );
+      for (const [n, job] of created.entries()) {
+        if (n === 1 || n === 4) {
+          assert.equal(results[n], null, `job ${n} was fenced out`);
+          assert.deepEqual(await db.jobs.get(job.id), job);
+          assert.deepEqual(await db.jobs.attempts(job.id), []);
+        } else {
+          const expected = { ...job, state: "assigned", attempt: 1, workerId: worker.id, workerReason: `pick ${n}` };
+          assert.deepEqual(results[n], expected);
+          assert.deepEqual(await db.jobs.get(job.id), expected);
+          assert.deepEqual(await db.jobs.attempts(job.id), [attemptRow(job.id, 1, worker.id, at)]);
+        }
+      }
+      // Accept and finish several together, with different values per job.
+      const moved = created.filter((_, n) => n !== 1 && n !== 4);
+      const accepted = await Promise.all(
+        moved.map((job, n) =>
+          db.jobs.transition(
+            job.id,
+            { states: ["assigned"], attempt: 1, workerId: worker.id },
+            { state: "running", startedAt: new Date(clock + 10 + n) },
+            { update: { attempt: 1, patch: { state: "running", acceptedAt: new Date(clock + 10 + n) } } },
+          ),
+        ),
+      );
+      assert.deepEqual(accepted.map((job) => job?.startedAt), moved.map((_, n) => new Date(clock + 10 + n)));
+      const finished = await Promise.all(
+        moved.map((job, n) =>
+          db.jobs.transition(
+            job.id,
+            { states: ["assigned", "running"], attempt: 1, workerId: worker.id },
+            { state: n % 2 === 0 ? "succeeded" : "failed", exitCode: n, endedAt: new Date(clock + 20) },
+            { update: { attempt: 1, patch: { state: "ended", outcome: n % 2 === 0 ? "succeeded" : "failed", exitCode: n, lastSeq: n } } },
+          ),
+        ),
+      );
+      for (const [n, job] of moved.entries()) {
+        assert.equal(finished[n]?.state, n % 2 === 0 ? "succeeded" : "failed");
+        assert.equal(finished[n]?.exitCode, n);
+        const [attempt] = await db.jobs.attempts(job.id);
+        assert.deepEqual([attempt?.state, attempt?.exitCode, attempt?.lastSeq, attempt?.acceptedAt], ["ended", n, n, new Date(clock + 10 + n)]);
+      }
+    });
+
+    test("the same job moved twice in one turn: the second sees the first, exactly one attempt is written", async () => {
+      await freshPool();
+      const job = await db.jobs.create(newJob(space, poolId));
+      const assign = () =>
+        db.jobs.transition(
+          job.id,
+          { states: ["queued"], attempt: 0 },
+          { state: "assigned", attempt: 1, workerId: worker.id },
+          { insert: attemptRow(job.id, 1, worker.id, new Date(clock)) },
+        );
+      const [first, second] = await Promise.all([assign(), assign()]);
+      assert.equal([first, second].filter((result) => result !== null).length, 1);
+      assert.equal((await db.jobs.attempts(job.id)).length, 1);
+    });
+
+    test("one bad item among several fails alone: its caller gets the error, the others are written", async () => {
+      await freshPool();
+      const [a, b, c] = await Promise.all([1, 2, 3].map(() => db.jobs.create(newJob(space, poolId))));
+      // b already has an attempt 1 but is back at attempt 0: inserting attempt 1 again is a duplicate.
+      await db.jobs.transition(b.id, { states: ["queued"] }, {}, { insert: attemptRow(b.id, 1, worker.id, new Date(clock)) });
+      const results = await Promise.allSettled(
+        [a, b, c].map((job) =>
+          db.jobs.transition(job.id, { states: ["queued"], attempt: 0 }, { state: "assigned", attempt: 1, workerId: worker.id }, {
+            insert: attemptRow(job.id, 1, worker.id, new Date(clock + 1)),
+          }),
+        ),
+      );
+      assert.equal(results[0].status, "fulfilled");
+      assert.equal(results[1].status, "rejected");
+      assert.ok(results[1].status === "rejected" && results[1].reason instanceof AlreadyExistsError);
+      assert.equal(results[2].status, "fulfilled");
+      assert.equal((await db.jobs.get(a.id))?.state, "assigned");
+      assert.equal((await db.jobs.get(b.id))?.state, "queued");
+      assert.equal((await db.jobs.get(c.id))?.state, "assigned");
+    });
+
+    test("jobs created together round-trip every field; a duplicate among them fails alone", async () => {
+      await freshPool();
+      const inputs = [
+        newJob(space, poolId),
+        newJob(space, poolId, { timeoutMs: null, queueTimeoutMs: null, queueDeadline: null, requiredLabels: [], env: {}, targetId: null }),
+        newJob(space, poolId, { priority: -3, exclusive: true, runId: "", requiredLabels: ["ünï", "a,b", "{x}"] }),
+      ];
+      const created = await Promise.all(inputs.map((input) => db.jobs.create(input)));
+      for (const [n, input] of inputs.entries()) {
+        const read = await db.jobs.get(input.id);
+        assert.deepEqual(read, created[n]);
+        assert.deepEqual(read?.env, input.env);
+        assert.deepEqual(read?.requiredLabels, input.requiredLabels);
+        assert.equal(read?.timeoutMs, input.timeoutMs);
+        assertDates(read ?? {}, ["createdAt", "startedAt", "endedAt", "queueDeadline"]);
+      }
+      const fresh = newJob(space, poolId);
+      const results = await Promise.allSettled([db.jobs.create(fresh), db.jobs.create(inputs[0]), db.jobs.create(newJob(space, poolId))]);
+      assert.equal(results[0].status, "fulfilled");
+      assert.ok(results[1].status === "rejected" && results[1].reason instanceof AlreadyExistsError);
+      assert.equal(results[2].status, "fulfilled");
+      assert.deepEqual(await db.jobs.get(fresh.id), results[0].status === "fulfilled" ? results[0].value : null);
+    });
+
     test("queued pages in placement order with `after`; queueDepth and queueStats agree", async () => {
       await freshPool();
       const same = new Date(clock + 50_000);
@@ -321,6 +442,33 @@ for (const driver of drivers) {
       assert.equal(await db.logs.append(many.slice(1000, 1700)), 0);
       assert.equal(await db.logs.maxSeq(jobId, 3), 2500);
       assert.equal(new TextDecoder().decode((await db.logs.read(jobId, 3, 2500, 1))[0].data), "line 2500\n");
+    });
+
+    test("logs: appends made at once are stored together, each caller told its own count; a bad batch fails alone", async () => {
+      await freshPool();
+      const jobs = Array.from({ length: 12 }, () => randomUUID());
+      const rec = (jobId: string, seq: number): LogChunkRecord => ({
+        jobId,
+        attempt: 1,
+        seq,
+        stream: "stdout",
+        data: Buffer.from(`${jobId} ${seq}\n`),
+        time: new Date(clock),
+      });
+      // One chunk of the first job is stored already: its caller's count leaves it out.
+      assert.equal(await db.logs.append([rec(jobs[0], 1)]), 1);
+      const results = await Promise.allSettled([
+        ...jobs.map((jobId) => db.logs.append([rec(jobId, 1), rec(jobId, 2), rec(jobId, 3)])),
+        db.logs.append([rec("not-a-uuid", 1)]),
+      ]);
+      assert.deepEqual(
+        results.slice(0, jobs.length).map((r) => (r.status === "fulfilled" ? r.value : String(r.reason))),
+        jobs.map((_, i) => (i === 0 ? 2 : 3)),
+      );
+      assert.equal(results[jobs.length].status, "rejected", "the batch with a bad job id fails");
+      for (const jobId of jobs) {
+        assert.deepEqual((await db.logs.read(jobId, 1, 0, 10)).map((c) => new TextDecoder().decode(c.data)), [1, 2, 3].map((seq) => `${jobId} ${seq}\n`));
+      }
     });
 
     test("workers: get and byCredentialHash map every field", async () => {

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import {
@@ -10,6 +12,7 @@ import {
 } from "../../gen/health/v1/health_pb.js";
 import { AgentService, type RegisterRequest, RegisterRequestSchema, RegisterResponseSchema } from "../../gen/muster/v1/agent_pb.js";
 import { createAgentPlaneServer, type AgentPlaneServer } from "../../src/agent-plane/agent-plane-server.ts";
+import { CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES } from "../../src/agent-plane/http2-windows.ts";
 import { grpcJsServiceDefinition } from "../../src/grpc/grpcjs-service.ts";
 import { createHealthStatus, type HealthStatus } from "../../src/grpc/health-service.ts";
 import { silentLogger } from "../../src/logger.ts";
@@ -73,6 +76,23 @@ describe("agent plane server", () => {
   after(async () => {
     client.close();
     await plane.close();
+  });
+
+  it("lets an agent send half a megabyte on its stream before it must wait for the server to read", async () => {
+    // HTTP/2's default 64 KiB windows make an agent writing 1 MB/s of log wait a server round trip per chunk.
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    try {
+      const settings = await new Promise<http2.Settings>((resolve, reject) => {
+        session.once("remoteSettings", resolve);
+        session.once("error", reject);
+      });
+      assert.equal(settings.initialWindowSize, STREAM_WINDOW_BYTES);
+      const deadline = Date.now() + 2000;
+      while ((session.state.remoteWindowSize ?? 0) < CONNECTION_WINDOW_BYTES && Date.now() < deadline) await sleep(10);
+      assert.ok((session.state.remoteWindowSize ?? 0) >= CONNECTION_WINDOW_BYTES, `connection window ${session.state.remoteWindowSize}`);
+    } finally {
+      session.close();
+    }
   });
 
   it("answers Health/Check to a grpc-js client", async () => {

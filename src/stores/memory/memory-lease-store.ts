@@ -5,6 +5,8 @@
 // Deliveries and publishes reach handlers asynchronously, in order.
 
 import {
+  assertOnePool,
+  blocksTheQueue,
   LeaseHeldError,
   type AcquireRequest,
   type AcquireResult,
@@ -68,6 +70,7 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
   const runs = new Map<string, { workerId: string; expiresAt: number }>();
   const deliveryHandlers = new Map<string, Set<(delivery: Delivery) => void>>();
   const channelHandlers = new Map<string, Set<(payload: string) => void>>();
+  const byteChannelHandlers = new Map<string, Set<(payload: Uint8Array) => void>>();
   let leaseSeq = 0;
 
   const entryFor = (workerId: string): WorkerEntry => {
@@ -208,6 +211,7 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
     async close() {
       deliveryHandlers.clear();
       channelHandlers.clear();
+      byteChannelHandlers.clear();
     },
 
     async attach(worker, sessionId, replicaId, heartbeatTtlMs) {
@@ -254,6 +258,23 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
 
     async acquire(request) {
       return acquire(request);
+    },
+
+    async acquireMany(requests) {
+      assertOnePool(requests);
+      const results: Array<AcquireResult | "held"> = [];
+      for (const request of requests) {
+        let result: AcquireResult | "held";
+        try {
+          result = acquire(request);
+        } catch (error) {
+          if (!(error instanceof LeaseHeldError)) throw error;
+          result = "held";
+        }
+        results.push(result);
+        if (blocksTheQueue(request, result)) break;
+      }
+      return results;
     },
 
     async release(jobId, attempt) {
@@ -334,6 +355,14 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
 
     async subscribe(channel, handler) {
       return addHandler(channelHandlers, channel, handler);
+    },
+
+    async publishBytes(channel, payload) {
+      dispatch(byteChannelHandlers.get(channel), payload, channel);
+    },
+
+    async subscribeBytes(channel, handler) {
+      return addHandler(byteChannelHandlers, channel, handler);
     },
   };
 }

@@ -7,12 +7,24 @@
 // BEGIN/COMMIT round trips, and a failing attempt insert (a duplicate) leaves
 // the job untouched.
 //
+// Transitions and inserts made in one turn of the event loop share one
+// statement (see job-batches.ts): a lone call runs the single statements
+// below, several run one batch statement of the same meaning.
+//
 // Every statement here is raw SQL with bound parameters, run straight on the
 // driver (ctx.query) and mapped to records by hand: these are the scheduler's
 // hot paths, and MikroORM's QueryBuilder costs far more CPU than the query.
 
 import type { AttemptRecord, JobRecord } from "../../domain.ts";
 import type { AttemptChange, Database, JobFence, JobPatch, NewJob } from "../database.ts";
+import {
+  createBatcher,
+  definedOnly,
+  normalizeTransition,
+  transitionBatchStatement,
+  transitionShape,
+  type TransitionItem,
+} from "./job-batches.ts";
 import { toDate, toDateOrNull, toNumberOrNull } from "./raw-values.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
@@ -107,6 +119,39 @@ const ATTEMPT_COLUMNS: Readonly<Record<string, string>> = {
   lastSeq: "last_seq",
 } satisfies Record<Exclude<keyof AttemptRecord, "jobId" | "attempt">, string>;
 
+/** The jobs columns a new job is inserted with: column, SQL type, field. */
+const INSERT_COLUMNS: ReadonlyArray<readonly [string, string, keyof JobRecord]> = [
+  ["id", "uuid", "id"],
+  ["space", "text", "space"],
+  ["name", "text", "name"],
+  ["script", "text", "script"],
+  ["env", "jsonb", "env"],
+  ["requested_pool_id", "uuid", "requestedPoolId"],
+  ["target_id", "uuid", "targetId"],
+  ["run_id", "text", "runId"],
+  ["required_labels", "text[]", "requiredLabels"],
+  ["priority", "int", "priority"],
+  ["exclusive", "boolean", "exclusive"],
+  ["timeout_ms", "bigint", "timeoutMs"],
+  ["queue_timeout_ms", "bigint", "queueTimeoutMs"],
+  ["max_attempts", "int", "maxAttempts"],
+  ["state", "text", "state"],
+  ["attempt", "int", "attempt"],
+  ["worker_id", "uuid", "workerId"],
+  ["exit_code", "int", "exitCode"],
+  ["failure_reason", "text", "failureReason"],
+  ["message", "text", "message"],
+  ["resolved_pool_id", "uuid", "resolvedPoolId"],
+  ["pool_rule", "text", "poolRule"],
+  ["pool_reason", "text", "poolReason"],
+  ["worker_reason", "text", "workerReason"],
+  ["builtin_worker", "boolean", "builtinWorker"],
+  ["created_at", "timestamptz", "createdAt"],
+  ["started_at", "timestamptz", "startedAt"],
+  ["ended_at", "timestamptz", "endedAt"],
+  ["queue_deadline", "timestamptz", "queueDeadline"],
+];
+
 /** The job_attempts columns in insert order. */
 const ATTEMPT_INSERT =
   "(job_id, attempt, worker_id, state, assigned_at, accepted_at, ended_at, outcome, exit_code, last_seq)";
@@ -115,12 +160,11 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const jobs = ctx.table("jobs");
   const attempts = ctx.table("job_attempts");
 
+  const insertColumns = INSERT_COLUMNS.map(([column]) => column).join(", ");
   const insertJobSql =
-    `insert into ${jobs} (id, space, name, script, env, requested_pool_id, target_id, run_id, required_labels, ` +
-    "priority, exclusive, timeout_ms, queue_timeout_ms, max_attempts, state, attempt, worker_id, exit_code, " +
-    "failure_reason, message, resolved_pool_id, pool_rule, pool_reason, worker_reason, builtin_worker, created_at, " +
-    "started_at, ended_at, queue_deadline) values ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::text[], $10, $11, $12, " +
-    "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
+    `insert into ${jobs} (${insertColumns}) values ` +
+    `(${INSERT_COLUMNS.map(([, type], n) => `$${n + 1}${type === "jsonb" || type === "text[]" ? `::${type}` : ""}`).join(", ")})`;
+
   const getJobSql = `select * from ${jobs} where id = $1`;
   // Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index).
   const queuedSql = `select * from ${jobs} where resolved_pool_id = $1 and state = 'queued' order by priority desc, created_at asc, id asc limit $2`;
@@ -239,46 +283,70 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     return { sql: `with j as (${job}), ${ctes.join(", ")} select * from j`, params };
   };
 
+  /** One job, one INSERT. */
+  const insertOne = async (record: JobRecord): Promise<JobRecord> => {
+    try {
+      await ctx.query(insertJobSql, INSERT_COLUMNS.map(([, , field]) => jobParam(field, record[field])));
+    } catch (error) {
+      throw mapConstraintError(error, `job ${record.id}`);
+    }
+    return record;
+  };
+
+  // Several jobs, one INSERT: the same columns, read from one JSON parameter.
+  const insertManySql =
+    `insert into ${jobs} (${insertColumns}) select ${insertColumns} from jsonb_to_recordset($1::jsonb) as r(` +
+    `${INSERT_COLUMNS.map(([column, type]) => `${column} ${type}`).join(", ")})`;
+  const batchedCreate = createBatcher<JobRecord, JobRecord>({
+    shape: () => "",
+    identity: (record) => record.id.toLowerCase(),
+    one: insertOne,
+    async many(records) {
+      const rows = records.map((record) => {
+        const row: Record<string, unknown> = {};
+        for (const [column, , field] of INSERT_COLUMNS) row[column] = record[field];
+        return row;
+      });
+      await ctx.query(insertManySql, [JSON.stringify(rows)]);
+      return records;
+    },
+  });
+
+  /** One transition, one statement. */
+  const transitionOne = async (item: TransitionItem): Promise<JobRecord | null> => {
+    const { sql, params } = transitionStatement(item.jobId, item.fence, item.patch, item.change);
+    let rows: JobDbRow[];
+    try {
+      ({ rows } = await ctx.query<JobDbRow>(sql, params));
+    } catch (error) {
+      const insert = item.change?.insert;
+      if (insert === undefined) throw error;
+      throw mapConstraintError(error, `attempt ${insert.attempt} of job ${insert.jobId}`);
+    }
+    const row = rows[0];
+    return row === undefined ? null : toJobRecord(row);
+  };
+
+  const batchedTransition = createBatcher<TransitionItem, JobRecord | null>({
+    shape: transitionShape,
+    identity: (item) => item.jobId.toLowerCase(),
+    one: transitionOne,
+    async many(items) {
+      const { sql, params } = transitionBatchStatement(jobs, attempts, items);
+      const { rows } = await ctx.query<JobDbRow>(sql, params);
+      const byId = new Map(rows.map((row) => [row.id, row]));
+      return items.map((item) => {
+        const row = byId.get(item.jobId.toLowerCase()); // uuids come back in lower case
+        return row === undefined ? null : toJobRecord(row);
+      });
+    },
+  });
+
   return {
     async create(job) {
-      const record = newJobRecord(job);
-      try {
-        await ctx.query(insertJobSql, [
-          record.id,
-          record.space,
-          record.name,
-          record.script,
-          JSON.stringify(record.env),
-          record.requestedPoolId,
-          record.targetId,
-          record.runId,
-          record.requiredLabels,
-          record.priority,
-          record.exclusive,
-          record.timeoutMs,
-          record.queueTimeoutMs,
-          record.maxAttempts,
-          record.state,
-          record.attempt,
-          record.workerId,
-          record.exitCode,
-          record.failureReason,
-          record.message,
-          record.resolvedPoolId,
-          record.poolRule,
-          record.poolReason,
-          record.workerReason,
-          record.builtinWorker,
-          record.createdAt,
-          record.startedAt,
-          record.endedAt,
-          record.queueDeadline,
-        ]);
-      } catch (error) {
-        throw mapConstraintError(error, `job ${job.id}`);
-      }
-      return record;
+      return batchedCreate(newJobRecord(job));
     },
+
 
     async get(id) {
       if (!isUuid(id)) return null;
@@ -316,16 +384,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     async transition(jobId, fence, patch, attempt) {
       if (!isUuid(jobId) || fence.states.length === 0) return null;
       if (fence.workerId !== undefined && !isUuid(fence.workerId)) return null;
-      const { sql, params } = transitionStatement(jobId, fence, patch, attempt);
-      let rows: JobDbRow[];
-      try {
-        ({ rows } = await ctx.query<JobDbRow>(sql, params));
-      } catch (error) {
-        if (attempt?.insert === undefined) throw error;
-        throw mapConstraintError(error, `attempt ${attempt.insert.attempt} of job ${attempt.insert.jobId}`);
-      }
-      const row = rows[0];
-      return row === undefined ? null : toJobRecord(row);
+      return batchedTransition(normalizeTransition({ jobId, fence, patch, change: attempt }));
     },
 
     async queued(poolId, limit, after) {
@@ -468,9 +527,4 @@ function toAttemptRecord(row: AttemptDbRow): AttemptRecord {
     exitCode: row.exit_code,
     lastSeq: row.last_seq,
   };
-}
-
-/** The patch without its undefined fields, which mean "leave as is". */
-function definedOnly<T extends object>(patch: T): Partial<T> {
-  return Object.fromEntries(Object.entries(patch).filter(([, value]) => value !== undefined)) as Partial<T>;
 }

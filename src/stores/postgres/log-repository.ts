@@ -3,6 +3,16 @@
 // costs one round trip and a chunk the agent re-sends after a reconnect is
 // skipped rather than duplicated. Raw SQL on the driver: this is the hottest
 // insert path, and MikroORM's QueryBuilder costs more CPU than the insert.
+//
+// Appends are also grouped across callers: at most APPEND_STATEMENTS_IN_FLIGHT
+// statements run at a time, and the appends that arrive meanwhile (every agent
+// session of the replica sends its chunks here) go out together in the next
+// statement, one row per chunk. Under load the number of statements, and of
+// commits Postgres must flush, follows the number of round trips rather than
+// the number of chunks; when idle an append starts at once. A grouped
+// statement that fails on its rows' values is retried caller by caller, so one
+// caller's bad batch fails only that caller; any other failure (Postgres
+// unreachable) fails the whole group at once.
 
 import type { LogChunkRecord } from "../../domain.ts";
 import type { Database } from "../database.ts";
@@ -13,6 +23,17 @@ import { isUuid } from "./uuid.ts";
 /** Rows per INSERT statement: 6 parameters a row, well under Postgres's 65,535 per statement. */
 const APPEND_BATCH_ROWS = 1000;
 const COLUMNS_PER_ROW = 6;
+/** Appends grouped into one statement stop adding callers at this many bytes of chunk data. */
+const APPEND_GROUP_BYTES = 8 * 1024 * 1024;
+/** INSERT statements of appends in flight at once (each holds a pooled connection). */
+const APPEND_STATEMENTS_IN_FLIGHT = 2;
+
+interface PendingAppend {
+  records: LogChunkRecord[];
+  bytes: number;
+  resolve: (inserted: number) => void;
+  reject: (error: unknown) => void;
+}
 
 interface LogChunkDbRow {
   job_id: string;
@@ -27,32 +48,102 @@ export function createLogRepository(ctx: StoreContext): Database["logs"] {
   const chunks = ctx.table("log_chunks");
   const readSql = `select * from ${chunks} where job_id = $1 and attempt = $2 and seq >= $3 order by seq asc limit $4`;
   const maxSeqSql = `select max(seq) as seq from ${chunks} where job_id = $1 and attempt = $2`;
-  /** The INSERT text for n rows, built once per batch size. */
-  const insertSql = new Map<number, string>();
-  const insertStatement = (rows: number): string => {
-    let sql = insertSql.get(rows);
+  /** The INSERT text for n rows, built once per row count (returning the keys inserted when asked to). */
+  const insertSql = new Map<string, string>();
+  const insertStatement = (rows: number, returning: boolean): string => {
+    const cacheKey = `${rows}${returning ? "r" : ""}`;
+    let sql = insertSql.get(cacheKey);
     if (sql === undefined) {
       const values: string[] = [];
       for (let row = 0; row < rows; row++) values.push(placeholders(row * COLUMNS_PER_ROW, COLUMNS_PER_ROW));
       sql = `insert into ${chunks} (job_id, attempt, seq, stream, data, time) values ${values.join(", ")} on conflict do nothing`;
-      if (insertSql.size < 64) insertSql.set(rows, sql);
+      if (returning) sql += " returning job_id, attempt, seq";
+      if (insertSql.size < 128) insertSql.set(cacheKey, sql);
     }
     return sql;
   };
 
-  return {
-    async append(records) {
-      let inserted = 0;
-      for (let start = 0; start < records.length; start += APPEND_BATCH_ROWS) {
-        const batch = records.slice(start, start + APPEND_BATCH_ROWS);
-        const params: unknown[] = [];
-        for (const chunk of batch) {
-          params.push(chunk.jobId, chunk.attempt, chunk.seq, chunk.stream, toBuffer(chunk.data), chunk.time);
-        }
-        const result = await ctx.query(insertStatement(batch.length), params);
-        inserted += result.affectedRows ?? 0;
+  const paramsOf = (records: readonly LogChunkRecord[]): unknown[] => {
+    const params: unknown[] = [];
+    for (const chunk of records) params.push(chunk.jobId, chunk.attempt, chunk.seq, chunk.stream, toBuffer(chunk.data), chunk.time);
+    return params;
+  };
+
+  /** One caller's chunks on their own, APPEND_BATCH_ROWS a statement. */
+  const appendAlone = async (records: LogChunkRecord[]): Promise<number> => {
+    let inserted = 0;
+    for (let start = 0; start < records.length; start += APPEND_BATCH_ROWS) {
+      const batch = records.slice(start, start + APPEND_BATCH_ROWS);
+      const result = await ctx.query(insertStatement(batch.length, false), paramsOf(batch));
+      inserted += result.affectedRows ?? 0;
+    }
+    return inserted;
+  };
+
+  /** Several callers' chunks in one statement; each learns how many of its own were new. */
+  const appendGroup = async (group: PendingAppend[]): Promise<number[]> => {
+    const records = group.flatMap((pending) => pending.records);
+    const { rows } = await ctx.query<{ job_id: string; attempt: number; seq: number }>(insertStatement(records.length, true), paramsOf(records));
+    const inserted = new Set(rows.map((row) => `${row.job_id.toLowerCase()}/${row.attempt}/${row.seq}`));
+    // A key two callers both sent was inserted once: it counts for the first.
+    return group.map((pending) => {
+      let count = 0;
+      for (const chunk of pending.records) if (inserted.delete(`${chunk.jobId.toLowerCase()}/${chunk.attempt}/${chunk.seq}`)) count++;
+      return count;
+    });
+  };
+
+  const queue: PendingAppend[] = [];
+  let inFlight = 0;
+  const pump = () => {
+    while (inFlight < APPEND_STATEMENTS_IN_FLIGHT && queue.length > 0) {
+      const group = [queue.shift()!];
+      let rows = group[0].records.length;
+      let bytes = group[0].bytes;
+      while (queue.length > 0 && rows + queue[0].records.length <= APPEND_BATCH_ROWS && bytes + queue[0].bytes <= APPEND_GROUP_BYTES) {
+        const next = queue.shift()!;
+        rows += next.records.length;
+        bytes += next.bytes;
+        group.push(next);
       }
-      return inserted;
+      inFlight++;
+      void run(group).finally(() => {
+        inFlight--;
+        pump();
+      });
+    }
+  };
+  const run = async (group: PendingAppend[]): Promise<void> => {
+    if (group.length === 1) {
+      const [only] = group;
+      await appendAlone(only.records).then(only.resolve, only.reject);
+      return;
+    }
+    let counts: number[];
+    try {
+      counts = await appendGroup(group);
+    } catch (error) {
+      if (!isRowError(error)) {
+        // Postgres is unreachable or refused the statement as such: the same for everyone.
+        for (const pending of group) pending.reject(error);
+        return;
+      }
+      // Each caller on its own: one caller's bad rows must not fail the others.
+      for (const pending of group) await appendAlone(pending.records).then(pending.resolve, pending.reject);
+      return;
+    }
+    group.forEach((pending, i) => pending.resolve(counts[i]));
+  };
+
+  return {
+    append(records) {
+      if (records.length === 0) return Promise.resolve(0);
+      let bytes = 0;
+      for (const chunk of records) bytes += chunk.data.byteLength;
+      return new Promise<number>((resolve, reject) => {
+        queue.push({ records, bytes, resolve, reject });
+        pump();
+      });
     },
 
     async read(jobId, attempt, fromSeq, limit) {
@@ -67,6 +158,12 @@ export function createLogRepository(ctx: StoreContext): Database["logs"] {
       return rows[0]?.seq ?? 0;
     },
   };
+}
+
+/** An error about the rows' values (SQLSTATE class 22, data exception, or 23, integrity constraint violation). */
+function isRowError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^2[23][0-9A-Z]{3}$/.test(code);
 }
 
 function toLogChunkRecord(row: LogChunkDbRow): LogChunkRecord {

@@ -16,6 +16,7 @@ const COMMAND_PREFIX = "muster:";
 
 export type ScriptName =
   | "acquire"
+  | "acquire-many"
   | "attach"
   | "deliver"
   | "detach"

@@ -11,7 +11,8 @@
 
 import { Redis } from "ioredis";
 import { silentLogger, type Logger } from "../../logger.ts";
-import type { Delivery, LeaseInfo, LeaseStore, PlacementWorker } from "../lease-store.ts";
+import { assertOnePool, LeaseHeldError, type Delivery, type LeaseInfo, type LeaseStore, type PlacementWorker } from "../lease-store.ts";
+import { createBytePublisher, newOrigin } from "./byte-fanout.ts";
 import { createChannelSubscriber } from "./channel-subscriber.ts";
 import { leaseKeys } from "./lease-keys.ts";
 import { defineScripts } from "./lease-scripts.ts";
@@ -67,15 +68,25 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
   const keys = leaseKeys(options.keyPrefix ?? DEFAULT_KEY_PREFIX);
   const prefix = keys.prefix;
 
-  const connect = (role: string) => {
-    const connection = new Redis(options.url, { lazyConnect: true, connectionName: `muster-lease-store-${role}` });
+  // The commands connection pipelines automatically: every command and script
+  // call made in one turn of the event loop goes out in one write and comes
+  // back in one read, so a replica busy with many agents pays a socket round
+  // trip per turn rather than per call. Order on the connection is unchanged.
+  const connect = (role: "commands" | "subscriber") => {
+    const connection = new Redis(options.url, {
+      lazyConnect: true,
+      connectionName: `muster-lease-store-${role}`,
+      enableAutoPipelining: role === "commands",
+    });
     connection.on("error", (error: Error) => logger.warn({ err: error, role }, "redis connection error"));
     return connection;
   };
   const commands = connect("commands");
   const subscriberConnection = connect("subscriber");
   const run = defineScripts(commands);
-  const subscriber = createChannelSubscriber(subscriberConnection, logger);
+  const origin = newOrigin();
+  const subscriber = createChannelSubscriber(subscriberConnection, origin, logger);
+  const publishBytes = createBytePublisher(commands, subscriber, origin);
 
   return {
     async start() {
@@ -163,6 +174,39 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
       return toAcquireResult(reply, id);
     },
 
+    async acquireMany(requests) {
+      const [first] = requests;
+      if (first === undefined) return [];
+      assertOnePool(requests);
+      const args: (string | number)[] = [prefix, first.poolId, first.leaseTtlMs, RUN_AFFINITY_TTL_MS];
+      for (const request of requests) {
+        joinLabels(request.requiredLabels);
+        const labels = [...new Set(request.requiredLabels)];
+        args.push(leaseId(request.jobId, request.attempt), request.runId, request.exclusive ? "1" : "0", labels.length, ...labels);
+      }
+      const replies = (await run(
+        "acquire-many",
+        [
+          keys.poolHealthy(first.poolId),
+          keys.poolAvail(first.poolId),
+          keys.poolRoom(first.poolId),
+          keys.leases,
+          keys.leaseExpiry,
+          keys.leaseSeq,
+        ],
+        args,
+      )) as unknown[];
+      return replies.map((reply, n) => {
+        const request = requests[n]!;
+        try {
+          return toAcquireResult(reply, leaseId(request.jobId, request.attempt));
+        } catch (error) {
+          if (error instanceof LeaseHeldError) return "held" as const;
+          throw error;
+        }
+      });
+    },
+
     async release(jobId, attempt) {
       return toBoolean(await run("release", [keys.leases, keys.leaseExpiry], [prefix, leaseId(jobId, attempt)]));
     },
@@ -220,6 +264,14 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
 
     async subscribe(channel, handler) {
       return subscriber.subscribe(keys.channel(channel), handler);
+    },
+
+    async publishBytes(channel, payload) {
+      await publishBytes(keys.channel(channel), payload);
+    },
+
+    async subscribeBytes(channel, handler) {
+      return subscriber.subscribeBytes(keys.channel(channel), handler);
     },
   };
 }

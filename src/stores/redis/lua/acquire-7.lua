@@ -38,186 +38,19 @@
     {-2, healthy, matching}  all matching healthy workers are busy
     {-3}                     the lease id is already held
 ]]
---- @include "includes/lease-state"
+--- @include "includes/acquire"
 
-local WALK_BATCH = 32
--- Members a labeled walk may look at before scanning the smallest label set instead.
-local LABELED_WALK_BUDGET = 64
-
-local healthyKey, availKey, roomKey = KEYS[1], KEYS[2], KEYS[3]
-local prefix, poolId, leaseId, runId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local exclusive = ARGV[5] == "1"
-
-if redis.call("HEXISTS", KEYS[4], leaseId) == 1 then
-  return {-3}
-end
-
-local now = nowMs()
-
--- Purge workers whose heartbeat expired since they were indexed.
-local stale = redis.call("ZRANGE", healthyKey, "-inf", now, "BYSCORE")
-for i = 1, #stale do
-  redis.call("ZREM", healthyKey, stale[i])
-  redis.call("ZREM", availKey, redis.call("HGET", workerKey(prefix, stale[i]), "sel") or initialSel(stale[i]))
-  redis.call("SREM", roomKey, stale[i])
-end
-
-local healthy = redis.call("ZCARD", healthyKey)
-if healthy == 0 then
-  return {-1, 0, 0}
-end
-
-local required, labelKeys = {}, {}
+local required = {}
 for i = 8, #ARGV do
   required[#required + 1] = ARGV[i]
-  labelKeys[#labelKeys + 1] = labelKey(prefix, poolId, ARGV[i])
 end
-
-local matching = healthy
-if #required > 0 then
-  matching = redis.call("ZINTERCARD", 1 + #labelKeys, healthyKey, unpack(labelKeys))
-  if matching == 0 then
-    return {-1, healthy, 0}
-  end
-end
-
-local function workerIdOf(sel)
-  return string.sub(sel, 18)
-end
-
-local function carriesLabels(workerId)
-  if #required == 0 then
-    return true
-  end
-  return hasLabels(redis.call("HGET", workerKey(prefix, workerId), "labels"), required)
-end
-
--- Two ways to the same choice (the minimum of (leases, sel) among eligible
--- workers, tied when two share the minimum lease count):
---   walk pool-avail in order: the first member carrying the labels is the
---   choice, one more at the same lease count is a tie. Without labels it stops
---   after one or two members; with labels it may skip many, so it gets a budget;
---   scan the smallest required label set: cost bounded by that set's size.
-local maxLeases = exclusive and 0 or math.huge
-
--- Returns chosenSel, chosenLeases, tied, complete (false: budget ran out).
-local function walkAvail(budget)
-  local chosenSel, chosenLeases = nil, nil
-  local seen, start = 0, 0
-  while true do
-    local batch = redis.call("ZRANGE", availKey, start, start + WALK_BATCH - 1, "WITHSCORES")
-    if #batch == 0 then
-      return chosenSel, chosenLeases, false, true
-    end
-    for i = 1, #batch, 2 do
-      local sel, leases = batch[i], tonumber(batch[i + 1])
-      if leases > maxLeases or (chosenSel and leases > chosenLeases) then
-        return chosenSel, chosenLeases, false, true
-      end
-      if seen >= budget then
-        return nil, nil, false, false
-      end
-      seen = seen + 1
-      if carriesLabels(workerIdOf(sel)) then
-        if chosenSel then
-          return chosenSel, chosenLeases, true, true
-        end
-        chosenSel, chosenLeases = sel, leases
-      end
-    end
-    start = start + WALK_BATCH
-  end
-end
-
-local function smallestLabelSet()
-  local smallest, size = labelKeys[1], redis.call("SCARD", labelKeys[1])
-  for i = 2, #labelKeys do
-    local n = redis.call("SCARD", labelKeys[i])
-    if n < size then
-      smallest, size = labelKeys[i], n
-    end
-  end
-  return smallest
-end
-
--- Returns chosenSel, chosenLeases, tied, eligible.
-local function scanLabelSet(setKey)
-  local chosenSel, chosenLeases, atMinimum, eligible = nil, nil, 0, 0
-  local members = redis.call("SMEMBERS", setKey)
-  for i = 1, #members do
-    local f = redis.call("HMGET", workerKey(prefix, members[i]), "labels", "sel")
-    local score = f[2] and hasLabels(f[1], required) and redis.call("ZSCORE", availKey, f[2])
-    score = score and tonumber(score)
-    if score and score <= maxLeases then
-      eligible = eligible + 1
-      if not chosenSel or score < chosenLeases then
-        chosenSel, chosenLeases, atMinimum = f[2], score, 1
-      elseif score == chosenLeases then
-        atMinimum = atMinimum + 1
-        if f[2] < chosenSel then
-          chosenSel = f[2]
-        end
-      end
-    end
-  end
-  return chosenSel, chosenLeases, atMinimum > 1, eligible
-end
-
-local chosenSel, chosenLeases, tied, eligible
-if #required == 0 then
-  chosenSel, chosenLeases, tied = walkAvail(math.huge)
-  if exclusive then
-    eligible = redis.call("ZCOUNT", availKey, 0, 0)
-  else
-    eligible = redis.call("ZCARD", availKey)
-  end
-else
-  local complete
-  chosenSel, chosenLeases, tied, complete = walkAvail(LABELED_WALK_BUDGET)
-  if not complete then
-    chosenSel, chosenLeases, tied, eligible = scanLabelSet(smallestLabelSet())
-  elseif not chosenSel then
-    eligible = 0
-  elseif exclusive then
-    eligible = select(4, scanLabelSet(smallestLabelSet()))
-  else
-    eligible = redis.call("SINTERCARD", 1 + #labelKeys, roomKey, unpack(labelKeys))
-  end
-end
-
-if not chosenSel then
-  return {-2, healthy, matching}
-end
-
-local tieBreak = 1
-if tied then
-  tieBreak = 3
-  if runId ~= "" then
-    -- The run's last worker wins the tie if it is among the tied and eligible.
-    local served = redis.call("GET", KEYS[7])
-    if served then
-      local f = redis.call("HMGET", workerKey(prefix, served), "pool", "sel")
-      if f[1] == poolId and f[2] then
-        local score = redis.call("ZSCORE", availKey, f[2])
-        if score and tonumber(score) == chosenLeases and carriesLabels(served) then
-          chosenSel, tieBreak = f[2], 2
-        end
-      end
-    end
-  end
-end
-
-local workerId = workerIdOf(chosenSel)
-local key = workerKey(prefix, workerId)
-local newSel = string.format("%016d", redis.call("INCR", KEYS[6])) .. ":" .. workerId
-redis.call("ZREM", availKey, chosenSel)
-redis.call("HSET", key, "sel", newSel)
-if exclusive then
-  redis.call("HSET", key, "exclusive", leaseId)
-end
-addLease(prefix, KEYS[4], KEYS[5], leaseId, workerId, now + tonumber(ARGV[6]))
-reindexWorker(prefix, workerId, now)
-if runId ~= "" then
-  redis.call("SET", KEYS[7], workerId, "PX", ARGV[7])
-end
-return {1, workerId, chosenLeases, eligible, tieBreak}
+local pool = {
+  prefix = ARGV[1], poolId = ARGV[2],
+  healthyKey = KEYS[1], availKey = KEYS[2], roomKey = KEYS[3],
+  leasesKey = KEYS[4], expiryKey = KEYS[5], seqKey = KEYS[6],
+  now = nowMs(), leaseTtl = tonumber(ARGV[6]), runTtl = tonumber(ARGV[7]),
+}
+purgeStale(pool)
+return acquireOne(pool, {
+  leaseId = ARGV[3], runId = ARGV[4], runKey = KEYS[7], exclusive = ARGV[5] == "1", required = required,
+})

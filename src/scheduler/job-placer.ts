@@ -8,12 +8,19 @@
 // A pool is drained when something may have made room: a job submitted, a
 // lease released, a worker attached or enabled. There is no polling loop;
 // the only timers are the assignment timeouts and the queue-deadline sweep.
+//
+// A submitted job is not inserted by submit(): it waits for the pool's next
+// pass, which decides it together with the jobs already queued (in queue
+// order) and inserts it already decided: assigned with its first attempt,
+// failed, or queued with the reason it waits. A job placed at once thus costs
+// one commit, not two. When the queue is longer than one page, or the pass
+// cannot run (paused, closing, failed), the job is inserted queued as before.
 
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.ts";
 import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
-import type { JobRecord, WorkerPoolRecord } from "../domain.ts";
+import type { AttemptRecord, JobRecord, WorkerPoolRecord } from "../domain.ts";
 import type { Database, NewJob } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
@@ -81,6 +88,8 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   const remember = (job: JobRecord | null) => {
     if (job !== null && awaited.has(job.id)) decided.set(job.id, job);
   };
+  // Per pool: submitted jobs not yet inserted, waiting for the pool's next pass.
+  const submissions = new Map<string, Submission[]>();
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
@@ -107,7 +116,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     }
     const resolution = resolvePool({ spaceDefault, requested, target });
     const now = new Date();
-    const job = await db.jobs.create({
+    const newJob: NewJob = {
       id: randomUUID(),
       space: input.space,
       name: input.name,
@@ -127,16 +136,53 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       poolReason: resolution.reason,
       queueDeadline: input.queueTimeoutMs === null ? null : new Date(now.getTime() + input.queueTimeoutMs),
       createdAt: now,
-    });
-    logger.info({ event: "job_submitted", jobId: job.id, pool: resolution.pool.name, rule: resolution.rule }, "job submitted");
-    awaited.add(job.id);
+    };
+    const poolId = resolution.pool.id;
+    // Handed to the pool's next pass, which decides it with the queue and
+    // inserts it already decided: placed at once, the job costs one commit.
+    const submission = newSubmission(newJob);
+    let waiting = submissions.get(poolId);
+    if (waiting === undefined) submissions.set(poolId, (waiting = []));
+    waiting.push(submission);
+    awaited.add(newJob.id);
     try {
-      await drainPool(resolution.pool.id);
-      return decided.get(job.id) ?? (await db.jobs.get(job.id)) ?? job;
+      await drainPool(poolId);
+      if (!submission.taken) {
+        // No pass took it (placement paused or closing, or the pass failed
+        // first): insert it queued; a later pass places it.
+        waiting.splice(waiting.indexOf(submission), 1);
+        if (waiting.length === 0 && submissions.get(poolId) === waiting) submissions.delete(poolId);
+        const job = await insert(newJob);
+        await drainPool(poolId);
+        return decided.get(job.id) ?? (await db.jobs.get(job.id)) ?? job;
+      }
+      const inserted = await submission.result;
+      // Inserted queued, the pass may have decided it afterwards (or the built-in worker started it).
+      return submission.decided ? inserted : (decided.get(inserted.id) ?? (await db.jobs.get(inserted.id)) ?? inserted);
     } finally {
-      awaited.delete(job.id);
-      decided.delete(job.id);
+      awaited.delete(newJob.id);
+      decided.delete(newJob.id);
     }
+  }
+
+  /** Inserts a job queued (or already decided: `initial`), and says so in the log. */
+  async function insert(newJob: NewJob, initial?: Parameters<Database["jobs"]["create"]>[1]): Promise<JobRecord> {
+    const job = await db.jobs.create(newJob, initial);
+    logger.info({ event: "job_submitted", jobId: job.id, poolId: job.resolvedPoolId, rule: job.poolRule }, "job submitted");
+    return job;
+  }
+
+  /** Takes the pool's waiting submissions for a pass; the pass must settle every one. */
+  function takeSubmissions(poolId: string): Submission[] {
+    const taken = submissions.get(poolId) ?? [];
+    submissions.delete(poolId);
+    for (const submission of taken) submission.taken = true;
+    return taken;
+  }
+
+  /** Inserts submissions queued and settles them with what was inserted. */
+  async function insertQueued(taken: Submission[]): Promise<void> {
+    await Promise.all(taken.map((submission) => submission.settle(insert(submission.job), false)));
   }
 
   function drainPool(poolId: string): Promise<void> {
@@ -168,8 +214,22 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   }
 
   async function drainOnce(poolId: string): Promise<void> {
+    const taken = takeSubmissions(poolId);
+    try {
+      await drainPass(poolId, taken);
+    } finally {
+      // A submission the pass did not reach (it ended early, or failed: the
+      // lease store may be unreachable) is inserted queued, as any job is
+      // while placement cannot run; a later pass places it.
+      const left = taken.filter((submission) => !submission.settled);
+      if (left.length > 0) await insertQueued(left);
+    }
+  }
+
+  async function drainPass(poolId: string, taken: Submission[]): Promise<void> {
     const pool = await cache.pool(poolId);
     if (pool === null) {
+      await insertQueued(taken.splice(0));
       // The pool was deleted: what still waits in its queue can never run.
       for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {
         await fail(job, "no_healthy_worker", `worker pool ${poolId} was deleted`);
@@ -183,21 +243,33 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       builtinEnabled: options.builtin.enabled,
     });
     const targetNames = new Map<string, string | null>();
+    if (route.kind !== "pool") await insertQueued(taken.splice(0));
     // Page through the queue in order. Jobs that wait for something only they
     // need (labels, an idle worker, a healthy worker before their deadline)
     // are passed over; the first plain job that cannot be placed ends the pass.
     let after: JobRecord | undefined;
     for (;;) {
-      const queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      let queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      const wholeQueue = queued.length < DRAIN_BATCH;
+      let fresh = new Map<string, Submission>();
+      if (after === undefined && taken.length > 0) {
+        if (wholeQueue && !closed && !paused) {
+          // The whole queue is in this page: new jobs take their places in it.
+          fresh = new Map(taken.map((submission) => [submission.job.id, submission]));
+          queued = [...queued, ...taken.map((submission) => queuedRecord(submission.job))].sort(queueOrder);
+        } else {
+          await insertQueued(taken.splice(0));
+        }
+      }
       if (queued.length === 0 || closed || paused) return;
       if (route.kind === "pool") {
-        if ((await placePage(queued, pool, targetNames)) === "blocked") return;
+        if ((await placePage(queued, pool, targetNames, fresh)) === "blocked") return;
       } else {
         for (const job of queued) {
           if ((await placeElsewhere(job, route)) === "blocked") return;
         }
       }
-      if (queued.length < DRAIN_BATCH) return;
+      if (wholeQueue) return;
       after = queued[queued.length - 1];
     }
   }
@@ -224,6 +296,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     queued: JobRecord[],
     pool: WorkerPoolRecord,
     targetNames: Map<string, string | null>,
+    fresh: Map<string, Submission>,
   ): Promise<"placed" | "blocked"> {
     const choices = await leases.acquireMany(
       queued.map((job) => ({
@@ -259,18 +332,21 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
         now,
       });
+      const submission = fresh.get(job.id);
       if (outcome.kind === "leased") {
-        writes.push(assign(job, job.attempt + 1, outcome.workerId, outcome.reason, pool, now));
+        writes.push(assign(job, job.attempt + 1, outcome.workerId, outcome.reason, pool, now, submission));
         continue;
       }
       // A job that would fail for want of a healthy worker fails only if the
       // lease store still holds its data (it may be being rebuilt).
       if (outcome.kind === "fail") storeHolds ??= options.verifyStore === undefined || (await options.verifyStore());
       if (outcome.kind === "fail" && storeHolds) {
-        writes.push(fail(job, outcome.reason, outcome.message));
+        writes.push(fail(job, outcome.reason, outcome.message, submission));
         continue;
       }
-      if (outcome.kind === "wait" && job.workerReason !== outcome.reason) {
+      if (outcome.kind === "wait" && submission !== undefined) {
+        writes.push(submission.settle(insert(submission.job, { patch: { workerReason: outcome.reason } })));
+      } else if (outcome.kind === "wait" && job.workerReason !== outcome.reason) {
         writes.push(
           db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, { workerReason: outcome.reason }).then(remember),
         );
@@ -301,26 +377,33 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     reason: string,
     pool: WorkerPoolRecord,
     now: number,
+    submission: Submission | undefined,
   ): Promise<void> {
-    const assigned = await db.jobs.transition(
-      job.id,
-      { states: ["queued"], attempt: job.attempt },
-      { state: "assigned", attempt, workerId, workerReason: reason, builtinWorker: false },
-      {
-        insert: {
-          jobId: job.id,
-          attempt,
-          workerId,
-          state: "assigned",
-          assignedAt: new Date(now),
-          acceptedAt: null,
-          endedAt: null,
-          outcome: null,
-          exitCode: null,
-          lastSeq: 0,
-        },
-      },
-    );
+    const patch = { state: "assigned" as const, attempt, workerId, workerReason: reason, builtinWorker: false };
+    const row: AttemptRecord = {
+      jobId: job.id,
+      attempt,
+      workerId,
+      state: "assigned",
+      assignedAt: new Date(now),
+      acceptedAt: null,
+      endedAt: null,
+      outcome: null,
+      exitCode: null,
+      lastSeq: 0,
+    };
+    let assigned: JobRecord | null;
+    if (submission !== undefined) {
+      // A new job: inserted already assigned, with its attempt, in one statement.
+      const inserted = insert(submission.job, { patch, attempt: row });
+      void submission.settle(inserted);
+      assigned = await inserted.catch(async (error: unknown) => {
+        await leases.release(job.id, attempt);
+        throw error;
+      });
+    } else {
+      assigned = await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, patch, { insert: row });
+    }
     if (assigned === null) {
       // Another replica placed or cancelled it first.
       await leases.release(job.id, attempt);
@@ -403,12 +486,15 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     return updated;
   }
 
-  async function fail(job: JobRecord, reason: JobRecord["failureReason"], message: string): Promise<void> {
-    const failed = await db.jobs.transition(
-      job.id,
-      { states: ["queued"], attempt: job.attempt },
-      { state: "failed", failureReason: reason, message, workerReason: message, endedAt: new Date() },
-    );
+  async function fail(job: JobRecord, reason: JobRecord["failureReason"], message: string, submission?: Submission): Promise<void> {
+    const patch = { state: "failed" as const, failureReason: reason, message, workerReason: message, endedAt: new Date() };
+    let failed: JobRecord | null;
+    if (submission !== undefined) {
+      // A new job: inserted already failed.
+      failed = await submission.settle(insert(submission.job, { patch }));
+    } else {
+      failed = await db.jobs.transition(job.id, { states: ["queued"], attempt: job.attempt }, patch);
+    }
     remember(failed);
     if (failed !== null) {
       logger.info({ event: "job_failed", jobId: job.id, reason }, message);
@@ -446,4 +532,68 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       await Promise.allSettled([...drains.values()].map((drain) => drain.loop));
     },
   };
+}
+
+/** A submitted job on its way into the pool's next pass. */
+interface Submission {
+  job: NewJob;
+  /** A pass has taken it and must settle it. */
+  taken: boolean;
+  settled: boolean;
+  /** Inserted as decided by a pass (placed, failed, or waiting with its reason), not plainly queued. */
+  decided: boolean;
+  /** What the submitter gets: the job as inserted, or the insert's error. */
+  result: Promise<JobRecord>;
+  /** Settles the submission with an insert (`decided`: by the pass, default yes); returns that insert. */
+  settle(inserted: Promise<JobRecord>, decided?: boolean): Promise<JobRecord>;
+}
+
+function newSubmission(job: NewJob): Submission {
+  let resolve!: (job: Promise<JobRecord>) => void;
+  const result = new Promise<JobRecord>((r) => {
+    resolve = r;
+  });
+  // The submitter may be gone (it always awaits, but a rejection must never go unhandled).
+  result.catch(() => {});
+  const submission: Submission = {
+    job,
+    taken: false,
+    settled: false,
+    decided: false,
+    result,
+    settle(inserted, decided = true) {
+      if (!submission.settled) {
+        submission.settled = true;
+        submission.decided = decided;
+        resolve(inserted);
+      }
+      return inserted;
+    },
+  };
+  return submission;
+}
+
+/** The record a submitted job would have as a queued row, to decide it with the queue. */
+function queuedRecord(job: NewJob): JobRecord {
+  return {
+    ...job,
+    state: "queued",
+    attempt: 0,
+    workerId: null,
+    exitCode: null,
+    failureReason: null,
+    message: "",
+    workerReason: "",
+    builtinWorker: false,
+    startedAt: null,
+    endedAt: null,
+  };
+}
+
+/** Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index). */
+function queueOrder(a: JobRecord, b: JobRecord): number {
+  if (a.priority !== b.priority) return b.priority - a.priority;
+  const at = a.createdAt.getTime() - b.createdAt.getTime();
+  if (at !== 0) return at;
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
 }

@@ -177,7 +177,12 @@ export interface Database {
   };
 
   jobs: {
-    create(job: NewJob): Promise<JobRecord>;
+    /**
+     * Inserts the job, queued. With `initial`, it is inserted as already
+     * decided (placed: assigned with its first attempt row; or failed), in
+     * the same statement, so a job placed at submit costs one commit.
+     */
+    create(job: NewJob, initial?: { patch: JobPatch; attempt?: AttemptRecord }): Promise<JobRecord>;
     get(id: string): Promise<JobRecord | null>;
     /** Newest first (created_at desc, id desc); `after` is the last id of the previous page. */
     list(filter: JobFilter, page: { limit: number; after?: string }): Promise<JobRecord[]>;

@@ -371,6 +371,33 @@ for (const driver of drivers) {
       assert.deepEqual(await db.jobs.get(fresh.id), results[0].status === "fulfilled" ? results[0].value : null);
     });
 
+    test("a job inserted already placed brings its attempt in the same statement; queued and placed inserts mix", async () => {
+      await freshPool();
+      const at = new Date(clock + 1);
+      const inputs = [newJob(space, poolId), newJob(space, poolId), newJob(space, poolId)];
+      const placed = { state: "assigned" as const, attempt: 1, workerId: worker.id, workerReason: "picked at submit", builtinWorker: false };
+      const [first, second, third] = await Promise.all([
+        db.jobs.create(inputs[0], { patch: placed, attempt: attemptRow(inputs[0].id, 1, worker.id, at) }),
+        db.jobs.create(inputs[1]),
+        db.jobs.create(inputs[2], { patch: { state: "failed", failureReason: "no_healthy_worker", message: "none", endedAt: at } }),
+      ]);
+      assert.deepEqual(await db.jobs.get(inputs[0].id), first);
+      assert.equal(first.state, "assigned");
+      assert.equal(first.workerReason, "picked at submit");
+      assert.deepEqual(await db.jobs.attempts(inputs[0].id), [attemptRow(inputs[0].id, 1, worker.id, at)]);
+      assert.equal(second.state, "queued");
+      assert.deepEqual(await db.jobs.attempts(inputs[1].id), []);
+      assert.deepEqual(await db.jobs.get(inputs[2].id), third);
+      assert.equal(third.failureReason, "no_healthy_worker");
+      // A placed insert of an id that exists fails whole: no second job, no stray attempt.
+      await assert.rejects(
+        db.jobs.create(inputs[1], { patch: placed, attempt: attemptRow(inputs[1].id, 1, worker.id, at) }),
+        AlreadyExistsError,
+      );
+      assert.equal((await db.jobs.get(inputs[1].id))?.state, "queued");
+      assert.deepEqual(await db.jobs.attempts(inputs[1].id), []);
+    });
+
     test("queued pages in placement order with `after`; queueDepth and queueStats agree", async () => {
       await freshPool();
       const same = new Date(clock + 50_000);

@@ -152,6 +152,26 @@ const INSERT_COLUMNS: ReadonlyArray<readonly [string, string, keyof JobRecord]> 
   ["queue_deadline", "timestamptz", "queueDeadline"],
 ];
 
+/** The job_attempts columns, with their SQL types and fields, for inserts read from JSON. */
+const ATTEMPT_RECORDSET: ReadonlyArray<readonly [string, string, keyof AttemptRecord]> = [
+  ["job_id", "uuid", "jobId"],
+  ["attempt", "int", "attempt"],
+  ["worker_id", "uuid", "workerId"],
+  ["state", "text", "state"],
+  ["assigned_at", "timestamptz", "assignedAt"],
+  ["accepted_at", "timestamptz", "acceptedAt"],
+  ["ended_at", "timestamptz", "endedAt"],
+  ["outcome", "text", "outcome"],
+  ["exit_code", "int", "exitCode"],
+  ["last_seq", "int", "lastSeq"],
+];
+
+/** A job to insert, and its first attempt when it is inserted already placed. */
+interface NewJobItem {
+  record: JobRecord;
+  attempt: AttemptRecord | undefined;
+}
+
 /** The job_attempts columns in insert order. */
 const ATTEMPT_INSERT =
   "(job_id, attempt, worker_id, state, assigned_at, accepted_at, ended_at, outcome, exit_code, last_seq)";
@@ -293,23 +313,50 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     return record;
   };
 
-  // Several jobs, one INSERT: the same columns, read from one JSON parameter.
-  const insertManySql =
-    `insert into ${jobs} (${insertColumns}) select ${insertColumns} from jsonb_to_recordset($1::jsonb) as r(` +
-    `${INSERT_COLUMNS.map(([column, type]) => `${column} ${type}`).join(", ")})`;
-  const batchedCreate = createBatcher<JobRecord, JobRecord>({
-    shape: () => "",
-    identity: (record) => record.id.toLowerCase(),
-    one: insertOne,
-    async many(records) {
-      const rows = records.map((record) => {
+  // Several jobs, one INSERT: the same columns, read from one JSON parameter;
+  // jobs inserted already placed bring their attempt rows in the same statement.
+  const recordsetColumns = `${INSERT_COLUMNS.map(([column, type]) => `${column} ${type}`).join(", ")}`;
+  const insertManySql = `insert into ${jobs} (${insertColumns}) select ${insertColumns} from jsonb_to_recordset($1::jsonb) as r(${recordsetColumns})`;
+  const attemptColumns = ATTEMPT_RECORDSET.map(([column]) => column).join(", ");
+  const insertPlacedSql =
+    `with r as (${insertManySql} returning 1) insert into ${attempts} (${attemptColumns}) ` +
+    `select ${attemptColumns} from jsonb_to_recordset($2::jsonb) as a(${ATTEMPT_RECORDSET.map(([column, type]) => `${column} ${type}`).join(", ")})`;
+  const jobRows = (items: NewJobItem[]) =>
+    JSON.stringify(
+      items.map(({ record }) => {
         const row: Record<string, unknown> = {};
         for (const [column, , field] of INSERT_COLUMNS) row[column] = record[field];
         return row;
+      }),
+    );
+  const insertMany = async (items: NewJobItem[]): Promise<JobRecord[]> => {
+    const placed = items.filter((item) => item.attempt !== undefined);
+    if (placed.length === 0) {
+      await ctx.query(insertManySql, [jobRows(items)]);
+    } else {
+      const attemptRows = placed.map(({ attempt }) => {
+        const row: Record<string, unknown> = {};
+        for (const [column, , field] of ATTEMPT_RECORDSET) row[column] = attempt![field];
+        return row;
       });
-      await ctx.query(insertManySql, [JSON.stringify(rows)]);
-      return records;
+      await ctx.query(insertPlacedSql, [jobRows(items), JSON.stringify(attemptRows)]);
+    }
+    return items.map((item) => item.record);
+  };
+  const batchedCreate = createBatcher<NewJobItem, JobRecord>({
+    // Jobs with and without an attempt row take different statements.
+    shape: (item) => (item.attempt === undefined ? "queued" : "placed"),
+    identity: (item) => item.record.id.toLowerCase(),
+    async one(item) {
+      try {
+        if (item.attempt === undefined) return await insertOne(item.record);
+        const [record] = await insertMany([item]);
+        return record!;
+      } catch (error) {
+        throw mapConstraintError(error, `job ${item.record.id}`);
+      }
     },
+    many: insertMany,
   });
 
   /** One transition, one statement. */
@@ -343,8 +390,9 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   });
 
   return {
-    async create(job) {
-      return batchedCreate(newJobRecord(job));
+    async create(job, initial) {
+      const record = initial === undefined ? newJobRecord(job) : { ...newJobRecord(job), ...definedOnly(initial.patch) };
+      return batchedCreate({ record, attempt: initial?.attempt });
     },
 
 

@@ -20,7 +20,8 @@ export const s5: Scenario = {
   },
   columns: [
     { key: "offeredMbPerS", label: "MB/s offered" },
-    { key: "mbPerS", label: "MB/s stored (wall)" },
+    { key: "mbPerS", label: "MB/s stored over the writing time" },
+    { key: "ingestLagS", label: "ingest lag s" },
     { key: "p50Ms", label: "follower p50 ms" },
     { key: "p99Ms", label: "follower p99 ms" },
     { key: "maxMs", label: "follower max ms" },
@@ -32,6 +33,7 @@ export const s5: Scenario = {
   ],
   targets: [
     { key: "mbPerS", op: ">=", bound: 20, label: ">= 20 MB/s (at full size)" },
+    { key: "ingestLagS", op: "<=", bound: 1, label: "sustained: last finish acknowledged <= 1 s after the writing time" },
     { key: "p99Ms", op: "<=", bound: 250, label: "line-to-follower p99 <= 250 ms" },
   ],
   systems: {
@@ -50,17 +52,23 @@ export const s5: Scenario = {
           { api: fleet.server.api, poolId: fleet.poolId, jobs: size.jobs },
           size.durationMs * 5 + 120_000,
         );
-        const sent = await agents.call<{ logBytesSent: number; finished: number }>("waitFor", { finished: size.jobs, timeoutMs: 60_000 }, 70_000);
+        const sent = await agents.call<{ logBytesSent: number; finished: number; firstLogAt: number; lastFinishAckAt: number }>("waitFor", { finished: size.jobs, timeoutMs: 60_000 }, 70_000);
         const w = await window.close();
         figure.processes = w.processes;
         figure.servers = w.servers;
         const stored = await withPg(async (c) => (await c.query(`select count(*)::int as rows, coalesce(sum(length(data)), 0)::bigint as bytes from "${fleet.env.schema}".log_chunks`)).rows[0]);
         const storedBytes = Number(stored.bytes);
-        // Over the wall time from the first submit to the last finish (which the
-        // server acknowledges only once the attempt's chunks are stored), not
-        // the time the jobs wrote for: an ingest that falls behind shows here.
+        // Sustained = everything written was stored, at the rate it was
+        // written: the stored bytes over the writing time, judged together
+        // with the ingest lag, the time from the first line written to the
+        // last finish acknowledged (the server acknowledges a finish only once
+        // the attempt's chunks are stored) beyond the writing time. A rate
+        // measured over first-line-to-last-ack could never reach the offered
+        // rate, however fast the ingest; an ingest that falls behind shows in
+        // the lag. The wall time from the first submit is kept beside them.
         figure.metrics.wallS = (Date.now() - t0) / 1000;
-        figure.metrics.mbPerS = storedBytes / 1e6 / figure.metrics.wallS;
+        figure.metrics.mbPerS = storedBytes / 1e6 / (size.durationMs / 1000);
+        figure.metrics.ingestLagS = (sent.lastFinishAckAt - sent.firstLogAt - size.durationMs) / 1000;
         figure.metrics.offeredMbPerS = (size.jobs * size.bytesPerS) / 1e6;
         figure.metrics.p50Ms = followed.p50Ms;
         figure.metrics.p99Ms = followed.p99Ms;

@@ -92,6 +92,9 @@ let adopted = 0;
 let abandoned = 0;
 let lastWelcomeAt = 0;
 let logBytesSent = 0;
+/** When the first log line was written, and when the last finish was acknowledged (ms, shared clock). */
+let firstLogAt = 0;
+let lastFinishAckAt = 0;
 let logChunksSent = 0;
 const arrivals: Array<[string, number]> = [];
 const finishWaiters: Array<{ count: number; resolve: () => void }> = [];
@@ -176,6 +179,7 @@ function startLogs(agent: Agent, run: Running): void {
       run.seq++;
       const data = Buffer.from(text);
       logBytesSent += data.byteLength;
+      if (firstLogAt === 0) firstLogAt = now();
       logChunksSent++;
       write(agent, { case: "log", value: { jobId: run.jobId, attempt: run.attempt, seq: BigInt(run.seq), stream: LogStream.STDOUT, data, time: timestampNow() } });
     }
@@ -237,6 +241,7 @@ function onMessage(agent: Agent, response: ConnectResponse): void {
       if (message.value.finished) {
         agent.running.delete(key);
         finished++;
+        lastFinishAckAt = now();
         for (let i = finishWaiters.length - 1; i >= 0; i--) {
           if (finished >= finishWaiters[i].count) finishWaiters.splice(i, 1)[0].resolve();
         }
@@ -329,6 +334,8 @@ function stats() {
     lastWelcomeAt,
     logBytesSent,
     logChunksSent,
+    firstLogAt,
+    lastFinishAckAt,
   };
 }
 

@@ -232,6 +232,34 @@ describe("placement rules", () => {
     for (const id of [first.id, second.id, third.id]) assert.equal((await finished(id)).state, JobState.SUCCEEDED);
   });
 
+  test("waiting jobs start in queue order: priority first, then submission order; a new job never overtakes an older one", async () => {
+    const s = space();
+    const pool = await h.pools.createWorkerPool({ space: s, name: "order" });
+    await startWorker(pool.registrationToken, { capacity: 1 });
+    const poolId = pool.workerPool!.id;
+    const blocker = (await h.jobs.submitJob({ space: s, name: "blocker", script: "sleep 1", workerPoolId: poolId })).job!;
+    assert.equal(blocker.state, JobState.ASSIGNED);
+    // Submitted together while the only slot is taken: all wait, then run one at a time.
+    const submitted = await Promise.all(
+      [
+        { name: "low-1", priority: 0 },
+        { name: "high", priority: 5 },
+        { name: "low-2", priority: 0 },
+        { name: "low-3", priority: 0 },
+      ].map(async (spec, n) => {
+        await sleep(n * 20); // distinct submission times
+        return (await h.jobs.submitJob({ space: s, script: "true", workerPoolId: poolId, ...spec })).job!;
+      }),
+    );
+    for (const job of submitted) assert.equal(job.state, JobState.QUEUED, `${job.name} waits behind the blocker`);
+    const ended = await Promise.all([blocker, ...submitted].map((job) => finished(job.id)));
+    const started = ended.sort((a, b) => Number(a.startTime!.seconds - b.startTime!.seconds) * 1e9 + (a.startTime!.nanos - b.startTime!.nanos));
+    assert.deepEqual(
+      started.map((job) => job.name),
+      ["blocker", "high", "low-1", "low-2", "low-3"],
+    );
+  });
+
   test("no healthy worker with queue_timeout: waits, then runs on a worker that arrives in time", async () => {
     const s = space();
     const pool = await h.pools.createWorkerPool({ space: s, name: "later" });

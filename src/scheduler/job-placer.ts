@@ -21,7 +21,7 @@ import type { Logger } from "../logger.ts";
 import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
 import type { AttemptRecord, JobRecord, WorkerPoolRecord } from "../domain.ts";
-import type { Database, NewJob } from "../stores/database.ts";
+import { queuedJobRecord, type Database, type NewJob } from "../stores/database.ts";
 import type { LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
 import type { JobEvents } from "./job-events.ts";
@@ -256,7 +256,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         if (wholeQueue && !closed && !paused) {
           // The whole queue is in this page: new jobs take their places in it.
           fresh = new Map(taken.map((submission) => [submission.job.id, submission]));
-          queued = [...queued, ...taken.map((submission) => queuedRecord(submission.job))].sort(queueOrder);
+          queued = [...queued, ...taken.map((submission) => queuedJobRecord(submission.job))].sort(queueOrder);
         } else {
           await insertQueued(taken.splice(0));
         }
@@ -571,23 +571,6 @@ function newSubmission(job: NewJob): Submission {
     },
   };
   return submission;
-}
-
-/** The record a submitted job would have as a queued row, to decide it with the queue. */
-function queuedRecord(job: NewJob): JobRecord {
-  return {
-    ...job,
-    state: "queued",
-    attempt: 0,
-    workerId: null,
-    exitCode: null,
-    failureReason: null,
-    message: "",
-    workerReason: "",
-    builtinWorker: false,
-    startedAt: null,
-    endedAt: null,
-  };
 }
 
 /** Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index). */

@@ -217,3 +217,38 @@ export interface Database {
     maxSeq(jobId: string, attempt: number): Promise<number>;
   };
 }
+
+/** A new job as its row reads once inserted queued. */
+export function queuedJobRecord(job: NewJob): JobRecord {
+  return {
+    id: job.id,
+    space: job.space,
+    name: job.name,
+    script: job.script,
+    env: { ...job.env },
+    requestedPoolId: job.requestedPoolId,
+    targetId: job.targetId,
+    runId: job.runId,
+    requiredLabels: [...job.requiredLabels],
+    priority: job.priority,
+    exclusive: job.exclusive,
+    timeoutMs: job.timeoutMs,
+    queueTimeoutMs: job.queueTimeoutMs,
+    maxAttempts: job.maxAttempts,
+    state: "queued",
+    attempt: 0,
+    workerId: null,
+    exitCode: null,
+    failureReason: null,
+    message: "",
+    resolvedPoolId: job.resolvedPoolId,
+    poolRule: job.poolRule,
+    poolReason: job.poolReason,
+    workerReason: "",
+    builtinWorker: false,
+    createdAt: job.createdAt,
+    startedAt: null,
+    endedAt: null,
+    queueDeadline: job.queueDeadline,
+  };
+}

@@ -16,7 +16,7 @@
 // hot paths, and MikroORM's QueryBuilder costs far more CPU than the query.
 
 import type { AttemptRecord, JobRecord } from "../../domain.ts";
-import type { AttemptChange, Database, JobFence, JobPatch, NewJob } from "../database.ts";
+import { queuedJobRecord, type AttemptChange, type Database, type JobFence, type JobPatch } from "../database.ts";
 import {
   createBatcher,
   definedOnly,
@@ -391,7 +391,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
   return {
     async create(job, initial) {
-      const record = initial === undefined ? newJobRecord(job) : { ...newJobRecord(job), ...definedOnly(initial.patch) };
+      const record = initial === undefined ? queuedJobRecord(job) : { ...queuedJobRecord(job), ...definedOnly(initial.patch) };
       return batchedCreate({ record, attempt: initial?.attempt });
     },
 
@@ -492,40 +492,6 @@ function jobParam(key: string, value: unknown): unknown {
 /** The cast a job field's parameter needs in a SET clause (none: the column's type is inferred). */
 function jobCast(key: string): string {
   return key === "env" ? "::jsonb" : key === "requiredLabels" ? "::text[]" : "";
-}
-
-function newJobRecord(job: NewJob): JobRecord {
-  return {
-    id: job.id,
-    space: job.space,
-    name: job.name,
-    script: job.script,
-    env: { ...job.env },
-    requestedPoolId: job.requestedPoolId,
-    targetId: job.targetId,
-    runId: job.runId,
-    requiredLabels: [...job.requiredLabels],
-    priority: job.priority,
-    exclusive: job.exclusive,
-    timeoutMs: job.timeoutMs,
-    queueTimeoutMs: job.queueTimeoutMs,
-    maxAttempts: job.maxAttempts,
-    state: "queued",
-    attempt: 0,
-    workerId: null,
-    exitCode: null,
-    failureReason: null,
-    message: "",
-    resolvedPoolId: job.resolvedPoolId,
-    poolRule: job.poolRule,
-    poolReason: job.poolReason,
-    workerReason: "",
-    builtinWorker: false,
-    createdAt: job.createdAt,
-    startedAt: null,
-    endedAt: null,
-    queueDeadline: job.queueDeadline,
-  };
 }
 
 function toJobRecord(row: JobDbRow): JobRecord {

@@ -5,36 +5,16 @@
 
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AgentService } from "../gen/muster/v1/agent_pb.js";
-import { JobService } from "../gen/muster/v1/job_pb.js";
-import { TargetService } from "../gen/muster/v1/target_pb.js";
-import { WorkerService } from "../gen/muster/v1/worker_pb.js";
-import { WorkerPoolService } from "../gen/muster/v1/worker_pool_pb.js";
 import { createAgentService } from "./agent-plane/agent-service.ts";
-import { createAgentPlaneServer } from "./agent-plane/agent-plane-server.ts";
-import { createSessionRegistry } from "./agent-plane/session-registry.ts";
-import { withLocalDelivery } from "./scheduler/local-delivery.ts";
-import { createApiPlane } from "./api/api-plane.ts";
-import { jobHandlers } from "./api/job-handlers.ts";
-import { targetHandlers } from "./api/target-handlers.ts";
-import { workerHandlers } from "./api/worker-handlers.ts";
-import { workerPoolHandlers } from "./api/worker-pool-handlers.ts";
+import { createAgentPlaneServer, type AgentPlaneServer } from "./agent-plane/agent-plane-server.ts";
+import type { SessionDeps } from "./agent-plane/agent-session.ts";
 import type { ServerConfig } from "./config.ts";
 import { DEFAULT_SPACE } from "./domain.ts";
-import { createHealthStatus } from "./grpc/health-service.ts";
+import { createHealthStatus, OVERALL, type HealthStatus } from "./grpc/health-service.ts";
 import { grpcJsServiceDefinition } from "./grpc/grpcjs-service.ts";
 import type { Logger } from "./logger.ts";
-import { createMetrics } from "./metrics.ts";
-import { createBuiltinWorker } from "./scheduler/builtin-worker.ts";
-import { createConfigCache } from "./scheduler/config-cache.ts";
-import { createJobEvents } from "./scheduler/job-events.ts";
-import { createJobLifecycle } from "./scheduler/job-lifecycle.ts";
-import { createJobPlacer } from "./scheduler/job-placer.ts";
-import { createStoreRecovery } from "./scheduler/store-recovery.ts";
-import { decodeWorkerMessage } from "./scheduler/worker-messages.ts";
+import type { Database } from "./stores/database.ts";
 import type { LeaseStore } from "./stores/lease-store.ts";
-import { createMemoryLeaseStore } from "./stores/memory/memory-lease-store.ts";
-import { openDatabase } from "./stores/postgres/open-database.ts";
-import { createRedisLeaseStore } from "./stores/redis/redis-lease-store.ts";
 
 export type ServerState = "starting" | "running" | "stopping" | "stopped";
 
@@ -52,31 +32,138 @@ export interface MusterServer {
 
 /** Agent streams get this long to wind down on shutdown before they are cut. */
 const AGENT_DRAIN_MS = 2000;
+/** A start-up that fails gives the agent calls it held this long to receive their UNAVAILABLE. */
+const AGENT_FAILED_START_DRAIN_MS = 1000;
 /** No shutdown step may take longer than this. */
 const SHUTDOWN_STEP_MS = 5_000;
 
 export async function startServer(config: ServerConfig, logger: Logger): Promise<MusterServer> {
-  let state: ServerState = "starting";
-  const db = await openDatabase({
-    url: config.databaseUrl ?? undefined,
-    dataDir: config.dataDir,
-    schema: config.databaseSchema ?? undefined,
-    logger,
+  // The agent plane listens first, before the rest of the server is even
+  // loaded: after a restart every agent is retrying with a backoff that grows
+  // with the outage, so each second the port stays closed costs up to half a
+  // second more once it opens. Calls that arrive meanwhile wait in the agent
+  // service (stream open, Hello unread) until the stores are open, store
+  // recovery has run and the scheduler is started; then they are handled as
+  // ever. Health says NOT_SERVING until then.
+  const health = createHealthStatus({ [OVERALL]: "NOT_SERVING" });
+  const agentPlane = createAgentPlaneServer({
+    host: config.agentHost,
+    port: config.agentPort,
+    logger: logger.child({ component: "agent-plane" }),
+    health,
   });
+  const sessions = Promise.withResolvers<SessionDeps>();
+  agentPlane.addService(grpcJsServiceDefinition(AgentService), createAgentService(sessions.promise));
+  const agent = await agentPlane.start();
+  try {
+    return await startBehindAgentPlane(config, logger, { health, agentPlane, agent, openSessions: sessions.resolve });
+  } catch (error) {
+    // Calls held so far end with UNAVAILABLE (given a moment to reach the
+    // agents before the connections are cut); the agents try again.
+    sessions.reject(error);
+    await new Promise((resolve) => setImmediate(resolve));
+    await agentPlane.drain(AGENT_FAILED_START_DRAIN_MS);
+    await agentPlane.close();
+    throw error;
+  }
+}
+
+/**
+ * Loads the modules behind the agent plane (server-modules.ts) a few at a
+ * time, with a turn of the event loop between: evaluating them holds the
+ * main thread for most of a second (several on a busy machine), and agents
+ * connecting meanwhile need the loop for their HTTP/2 handshake. A grpc-js
+ * agent whose channel has not finished the handshake fails its call at once
+ * and backs off for longer; one that has finished waits, held, until the
+ * stores are open.
+ */
+async function loadBehindAgentPlane(config: ServerConfig): Promise<typeof import("./server-modules.ts")> {
+  const stages: Array<() => Promise<unknown>> = [
+    () => import("@mikro-orm/core"),
+    () => (config.databaseUrl === null ? import("@mikro-orm/pglite") : import("@mikro-orm/postgresql")),
+    () => import("@mikro-orm/migrations"),
+    () => import("./stores/postgres/open-database.ts"),
+    () => import("./stores/redis/redis-lease-store.ts"),
+    () => import("@connectrpc/connect-node"),
+    () => import("./api/api-plane.ts"),
+    () => import("./scheduler/job-placer.ts"),
+  ];
+  for (const stage of stages) {
+    await stage();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  return import("./server-modules.ts");
+}
+
+interface AgentPlaneStarted {
+  health: HealthStatus;
+  agentPlane: AgentPlaneServer;
+  agent: Address;
+  /** Lets through the agent calls held since the agent plane started listening. */
+  openSessions: (deps: SessionDeps) => void;
+}
+
+/** Everything behind the agent plane: stores, scheduler, API plane. Closes what it opened if it fails. */
+async function startBehindAgentPlane(
+  config: ServerConfig,
+  logger: Logger,
+  { health, agentPlane, agent, openSessions }: AgentPlaneStarted,
+): Promise<MusterServer> {
+  let state: ServerState = "starting";
+  const {
+    JobService,
+    TargetService,
+    WorkerService,
+    WorkerPoolService,
+    createSessionRegistry,
+    createApiPlane,
+    jobHandlers,
+    targetHandlers,
+    workerHandlers,
+    workerPoolHandlers,
+    createMetrics,
+    createBuiltinWorker,
+    createConfigCache,
+    createJobEvents,
+    createJobLifecycle,
+    createJobPlacer,
+    withLocalDelivery,
+    createStoreRecovery,
+    decodeWorkerMessage,
+    createMemoryLeaseStore,
+    openDatabase,
+    createRedisLeaseStore,
+  } = await loadBehindAgentPlane(config);
+  // Postgres and Redis are opened side by side.
   const store: LeaseStore =
     config.redisUrl === null
       ? createMemoryLeaseStore()
       : createRedisLeaseStore({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, logger });
+  const [opened, started] = await Promise.allSettled([
+    openDatabase({
+      url: config.databaseUrl ?? undefined,
+      dataDir: config.dataDir,
+      schema: config.databaseSchema ?? undefined,
+      logger,
+    }),
+    store.start(),
+  ]);
+  if (opened.status === "rejected" || started.status === "rejected") {
+    if (opened.status === "fulfilled") await opened.value.close();
+    if (started.status === "fulfilled") await store.close();
+    throw opened.status === "rejected" ? opened.reason : (started as PromiseRejectedResult).reason;
+  }
+  const db: Database = opened.value;
+  let defaultPool;
   try {
-    await store.start();
+    defaultPool = await db.ensureSpace(DEFAULT_SPACE);
   } catch (error) {
+    await store.close();
     await db.close();
     throw error;
   }
-  const defaultPool = await db.ensureSpace(DEFAULT_SPACE);
 
   const metrics = createMetrics();
-  const health = createHealthStatus();
   const registry = createSessionRegistry();
   // Everything below delivers through this: straight to a session held here, else via the store.
   const leases = withLocalDelivery(store, registry);
@@ -149,32 +236,23 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     session?.deliver(decodeWorkerMessage(delivery.payload));
   });
 
-  const agentPlane = createAgentPlaneServer({
-    host: config.agentHost,
-    port: config.agentPort,
-    logger: logger.child({ component: "agent-plane" }),
-    health,
-  });
-  agentPlane.addService(
-    grpcJsServiceDefinition(AgentService),
-    createAgentService({
-      db,
-      leases,
-      events,
-      placer,
-      lifecycle,
-      registry,
-      logger: logger.child({ component: "agent-session" }),
-      replicaId: config.replicaId,
-      heartbeatIntervalMs: config.heartbeatIntervalMs,
-      heartbeatTtlMs: config.heartbeatTtlMs,
-      leaseTtlMs: config.leaseTtlMs,
-      maxChunkBytes: config.maxChunkBytes,
-      onLogChunks: (count) => metrics.logChunks.inc(count),
-      verifyStore: () => recovery.verify(),
-      onSessionCount: (delta) => metrics.connectedAgents.inc(delta),
-    }),
-  );
+  const sessionDeps: SessionDeps = {
+    db,
+    leases,
+    events,
+    placer,
+    lifecycle,
+    registry,
+    logger: logger.child({ component: "agent-session" }),
+    replicaId: config.replicaId,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+    heartbeatTtlMs: config.heartbeatTtlMs,
+    leaseTtlMs: config.leaseTtlMs,
+    maxChunkBytes: config.maxChunkBytes,
+    onLogChunks: (count) => metrics.logChunks.inc(count),
+    verifyStore: () => recovery.verify(),
+    onSessionCount: (delta) => metrics.connectedAgents.inc(delta),
+  };
 
   const apiLogger = logger.child({ component: "api" });
   const apiPlane = createApiPlane({
@@ -231,23 +309,26 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
   });
 
   let api: Address;
-  let agent: Address;
   try {
-    agent = await agentPlane.start();
     api = await apiPlane.start();
+    await builtin.start();
+    // A store that lost its data while no replica ran is rebuilt here, before
+    // any agent is let through to ask about its running attempts.
+    await recovery.start();
   } catch (error) {
-    await agentPlane.close();
+    await apiPlane.close();
+    await recovery.close();
+    await builtin.close();
     await unsubscribeDelivery();
     await leases.close();
     await db.close();
     throw error;
   }
-  await builtin.start();
-  await recovery.start();
   placer.start();
   lifecycle.start();
   state = "running";
   health.set("", "SERVING");
+  openSessions(sessionDeps);
   void placer.drainAll();
 
   logger.info(

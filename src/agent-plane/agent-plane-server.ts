@@ -4,12 +4,22 @@
 // and message size limits; the tunables are below. HTTP/2 flow-control
 // windows are wider than the defaults (http2-windows.ts).
 //
+// The listening socket is the plane's own (a net.Server whose connections
+// are handed to grpc-js through its connection injector), for its accept
+// backlog: after a restart a whole fleet connects within a few hundred
+// milliseconds, while the event loop may still be busy starting the rest of
+// the server, and grpc-js listens with Node's default backlog of 511. A
+// connection beyond the backlog is dropped by the kernel, not refused, and
+// its agent waits a TCP retransmission (one second, then three) before it
+// can even try again.
+//
 // Lifecycle: 'idle' -> 'starting' -> 'running' -> 'draining' -> 'closed'.
 // drain(graceMs) stops accepting connections, ends health watches, sends
 // GOAWAY to every connection and waits up to graceMs for their calls to end
 // before cutting them; close() cuts whatever is left and resolves when the
 // listening socket and every connection are gone.
 
+import net from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
@@ -52,6 +62,12 @@ const MAX_CONNECTION_AGE_MS = 60 * 60_000;
 const MAX_CONNECTION_AGE_GRACE_MS = 30_000;
 /** Largest message accepted from an agent; log chunks are bounded below this by config. */
 const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
+/**
+ * Connections the kernel queues for the plane before it accepts them (the
+ * kernel caps it at net.core.somaxconn): a fleet of agents reconnecting at
+ * once after a restart.
+ */
+const LISTEN_BACKLOG = 4096;
 /** An agent holds one Connect stream and makes the odd Register call. */
 const MAX_CONCURRENT_STREAMS = 100;
 
@@ -124,22 +140,56 @@ export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneSe
   addConnectService(server, ServerReflectionV1, reflectionServiceV1(index), adapterOptions);
   addConnectService(server, ServerReflectionV1Alpha, reflectionServiceV1Alpha(index), adapterOptions);
 
-  async function start(): Promise<{ host: string; port: number }> {
-    if (state !== "idle") throw new Error(`agent plane cannot start: it is ${state}`);
-    state = "starting";
-    const host = options.host.includes(":") ? `[${options.host}]` : options.host;
-    try {
-      const port = await new Promise<number>((resolve, reject) => {
-        server.bindAsync(`${host}:${options.port}`, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+  /** The plane's own listening socket and the connections it accepted; null while grpc-js listens itself. */
+  let listener: { server: net.Server; sockets: Set<net.Socket> } | null = null;
+
+  /** Listens on an IP address with LISTEN_BACKLOG; a host name is left to grpc-js, which binds each of its addresses. */
+  async function listen(): Promise<number> {
+    if (net.isIP(options.host) === 0) {
+      return new Promise<number>((resolve, reject) => {
+        server.bindAsync(`${options.host}:${options.port}`, grpc.ServerCredentials.createInsecure(), (error, bound) =>
           error ? reject(error) : resolve(bound),
         );
       });
+    }
+    const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const sockets = new Set<net.Socket>();
+    const socketServer = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      injector.injectConnection(socket);
+    });
+    listener = { server: socketServer, sockets };
+    await new Promise<void>((resolve, reject) => {
+      socketServer.once("error", reject);
+      socketServer.listen({ host: options.host, port: options.port, backlog: LISTEN_BACKLOG }, () => {
+        socketServer.removeListener("error", reject);
+        resolve();
+      });
+    });
+    socketServer.on("error", (error) => logger.warn({ event: "agent_plane_listener_error", err: error }, "agent plane listener error"));
+    return (socketServer.address() as net.AddressInfo).port;
+  }
+
+  /** Stops accepting connections; with `cut`, also destroys those accepted. */
+  function stopListening(cut: boolean): void {
+    if (listener === null) return;
+    if (listener.server.listening) listener.server.close();
+    if (cut) for (const socket of listener.sockets) socket.destroy();
+  }
+
+  async function start(): Promise<{ host: string; port: number }> {
+    if (state !== "idle") throw new Error(`agent plane cannot start: it is ${state}`);
+    state = "starting";
+    try {
+      const port = await listen();
       widenConnectionWindows(server, logger);
       state = "running";
       logger.info({ event: "agent_plane_listening", host: options.host, port }, "agent plane listening");
       return { host: options.host, port };
     } catch (error) {
       state = "closed";
+      stopListening(true);
       server.forceShutdown();
       throw error;
     }
@@ -149,6 +199,7 @@ export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneSe
     draining ??= (async () => {
       if (state !== "running") return;
       state = "draining";
+      stopListening(false);
       shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable));
       // tryShutdown stops accepting and sends GOAWAY; it calls back once
       // every connection has closed, which the grace timer bounds.
@@ -157,6 +208,7 @@ export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneSe
         timer = setTimeout(() => {
           logger.info({ event: "agent_plane_drain_timeout", graceMs }, "cutting agent connections still open");
           server.forceShutdown();
+          stopListening(true);
           resolve();
         }, graceMs);
         timer.unref();
@@ -172,6 +224,7 @@ export function createAgentPlaneServer(options: AgentPlaneOptions): AgentPlaneSe
       if (state === "running" || state === "draining") {
         shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable));
         server.forceShutdown();
+        stopListening(true);
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       }
       state = "closed";

@@ -1,6 +1,12 @@
 // The AgentService implementation on the agent plane's grpc-js server:
 // Register exchanges a registration token for a worker credential; Connect
 // authenticates the credential and hands the stream to an agent session.
+//
+// The service may be created before the stores are open (`deps` a promise):
+// the server then listens for agents from its first instant, so agents that
+// lost it come back as soon as the process is up, and their calls wait here,
+// stream open and Hello unread, until the stores are ready. If start-up
+// fails instead, the waiting calls end with UNAVAILABLE.
 
 import { create } from "@bufbuild/protobuf";
 import { status, type sendUnaryData, type ServerDuplexStream, type ServerUnaryCall, type UntypedServiceImplementation } from "@grpc/grpc-js";
@@ -24,8 +30,11 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
  */
 const MAX_STREAMS_PER_WORKER = 4;
 
-export function createAgentService(deps: SessionDeps): UntypedServiceImplementation {
-  const { db, logger } = deps;
+export function createAgentService(source: SessionDeps | Promise<SessionDeps>): UntypedServiceImplementation {
+  /** Set once the stores are ready; until then calls wait on `ready`. */
+  let deps: SessionDeps | null = source instanceof Promise ? null : source;
+  const ready = Promise.resolve(source).then((resolved) => (deps = resolved));
+  ready.catch(() => {});
   /** Open Connect streams per worker id on this replica; owned here. */
   const streams = new Map<string, number>();
 
@@ -46,7 +55,7 @@ export function createAgentService(deps: SessionDeps): UntypedServiceImplementat
     return true;
   }
 
-  async function register(request: RegisterRequest): Promise<RegisterResponse> {
+  async function register({ db, logger }: SessionDeps, request: RegisterRequest): Promise<RegisterResponse> {
     if (request.registrationToken === "") {
       throw { code: status.UNAUTHENTICATED, details: "registration_token is required" };
     }
@@ -80,23 +89,53 @@ export function createAgentService(deps: SessionDeps): UntypedServiceImplementat
     return create(RegisterResponseSchema, { workerId: worker.id, credential: credential.secret, workerPoolId: pool.id, space: pool.space });
   }
 
+  /** Checks the stream's credential and hands it to a session. */
+  function authenticate(call: ServerDuplexStream<ConnectRequest, ConnectResponse>, credential: string, current: SessionDeps): void {
+    const { db, logger } = current;
+    db.workers.byCredentialHash(hashSecret(credential)).then(
+      (worker) => {
+        // The agent gave up while its credential was looked up: nothing to run.
+        if (call.cancelled) return;
+        if (worker === null) {
+          logger.warn({ event: "connect_refused", reason: "unknown credential" }, "agent connect refused");
+          call.emit("error", { code: status.UNAUTHENTICATED, details: "worker credential is unknown or revoked" });
+          return;
+        }
+        if (!admit(worker.id, call)) {
+          logger.warn({ event: "connect_refused", workerId: worker.id, reason: "too many streams" }, "agent connect refused");
+          call.emit("error", { code: status.RESOURCE_EXHAUSTED, details: `at most ${MAX_STREAMS_PER_WORKER} streams per worker credential` });
+          return;
+        }
+        runAgentSession(call, worker, current);
+      },
+      (error) => {
+        logger.error({ event: "connect_failed", err: error }, "authenticating an agent failed");
+        call.emit("error", { code: status.UNAVAILABLE, details: "the server cannot check credentials right now" });
+      },
+    );
+  }
+
   return {
     register(call: ServerUnaryCall<RegisterRequest, RegisterResponse>, callback: sendUnaryData<RegisterResponse>) {
       if (isMalformed(call.request)) {
         callback({ code: status.INVALID_ARGUMENT, details: call.request.malformed });
         return;
       }
-      register(call.request).then(
-        (response) => callback(null, response),
-        (error: { code?: number; details?: string; message?: string }) => {
-          if (typeof error.code !== "number") {
-            logger.error({ event: "register_failed", err: error }, "registering a worker failed");
-            callback({ code: status.INTERNAL, details: "registration failed" });
-          } else {
-            logger.warn({ event: "register_refused", code: error.code, reason: error.details }, "registration refused");
-            callback({ code: error.code, details: error.details ?? "" });
-          }
-        },
+      ready.then(
+        (current) =>
+          register(current, call.request).then(
+            (response) => callback(null, response),
+            (error: { code?: number; details?: string; message?: string }) => {
+              if (typeof error.code !== "number") {
+                current.logger.error({ event: "register_failed", err: error }, "registering a worker failed");
+                callback({ code: status.INTERNAL, details: "registration failed" });
+              } else {
+                current.logger.warn({ event: "register_refused", code: error.code, reason: error.details }, "registration refused");
+                callback({ code: error.code, details: error.details ?? "" });
+              }
+            },
+          ),
+        () => callback({ code: status.UNAVAILABLE, details: "the server did not start" }),
       );
     },
     connect(call: ServerDuplexStream<ConnectRequest, ConnectResponse>) {
@@ -105,23 +144,16 @@ export function createAgentService(deps: SessionDeps): UntypedServiceImplementat
         call.emit("error", { code: status.UNAUTHENTICATED, details: "authorization metadata with a Bearer worker credential is required" });
         return;
       }
-      db.workers.byCredentialHash(hashSecret(credential)).then(
-        (worker) => {
-          if (worker === null) {
-            logger.warn({ event: "connect_refused", reason: "unknown credential" }, "agent connect refused");
-            call.emit("error", { code: status.UNAUTHENTICATED, details: "worker credential is unknown or revoked" });
-            return;
-          }
-          if (!admit(worker.id, call)) {
-            logger.warn({ event: "connect_refused", workerId: worker.id, reason: "too many streams" }, "agent connect refused");
-            call.emit("error", { code: status.RESOURCE_EXHAUSTED, details: `at most ${MAX_STREAMS_PER_WORKER} streams per worker credential` });
-            return;
-          }
-          runAgentSession(call, worker, deps);
+      if (deps !== null) {
+        authenticate(call, credential, deps);
+        return;
+      }
+      ready.then(
+        (current) => {
+          if (!call.cancelled) authenticate(call, credential, current);
         },
-        (error) => {
-          logger.error({ event: "connect_failed", err: error }, "authenticating an agent failed");
-          call.emit("error", { code: status.UNAVAILABLE, details: "the server cannot check credentials right now" });
+        () => {
+          if (!call.cancelled) call.emit("error", { code: status.UNAVAILABLE, details: "the server did not start" });
         },
       );
     },

@@ -16,6 +16,7 @@
 
 import type { LogChunkRecord } from "../../domain.ts";
 import type { Database } from "../database.ts";
+import { createBatchedLookup } from "./batched-lookup.ts";
 import { placeholders, toBuffer, toBytes, toDate } from "./raw-values.ts";
 import type { StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
@@ -47,7 +48,25 @@ interface LogChunkDbRow {
 export function createLogRepository(ctx: StoreContext): Database["logs"] {
   const chunks = ctx.table("log_chunks");
   const readSql = `select * from ${chunks} where job_id = $1 and attempt = $2 and seq >= $3 order by seq asc limit $4`;
-  const maxSeqSql = `select max(seq) as seq from ${chunks} where job_id = $1 and attempt = $2`;
+  // Sessions ask for an attempt's stored log when they adopt it; after a
+  // restart every agent's Hello does at once, so concurrent lookups share one
+  // statement (each attempt still one index probe).
+  const maxSeqManySql =
+    `select t.n::int as n, (select max(c.seq) from ${chunks} c where c.job_id = t.job_id and c.attempt = t.attempt) as seq ` +
+    `from unnest($1::uuid[], $2::int[]) with ordinality as t(job_id, attempt, n)`;
+  const maxSeqLookup = createBatchedLookup<{ jobId: string; attempt: number }, number>({
+    id: ({ jobId, attempt }) => `${jobId}/${attempt}`,
+    missing: 0,
+    fetch: async (keys) => {
+      const { rows } = await ctx.query<{ n: number; seq: number | null }>(maxSeqManySql, [keys.map((k) => k.jobId), keys.map((k) => k.attempt)]);
+      const answers = new Map<string, number>();
+      for (const row of rows) {
+        const key = keys[row.n - 1]!;
+        answers.set(`${key.jobId}/${key.attempt}`, row.seq ?? 0);
+      }
+      return answers;
+    },
+  });
   /** The INSERT text for n rows, built once per row count (returning the keys inserted when asked to). */
   const insertSql = new Map<string, string>();
   const insertStatement = (rows: number, returning: boolean): string => {
@@ -153,9 +172,10 @@ export function createLogRepository(ctx: StoreContext): Database["logs"] {
     },
 
     async maxSeq(jobId, attempt) {
-      if (!isUuid(jobId)) return 0;
-      const { rows } = await ctx.query<{ seq: number | null }>(maxSeqSql, [jobId, attempt]);
-      return rows[0]?.seq ?? 0;
+      // Nothing is stored under an id or attempt Postgres could not hold (and
+      // one such lookup must not fail the statement it would share).
+      if (!isUuid(jobId) || !Number.isInteger(attempt) || attempt < 0 || attempt > 2 ** 31 - 1) return 0;
+      return maxSeqLookup({ jobId, attempt });
     },
   };
 }

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import type { WorkerRecord } from "../../domain.ts";
 import { PreconditionError, type Database } from "../database.ts";
 import { WorkerEntity, type WorkerRow } from "./entities/worker.ts";
+import { createBatchedLookup } from "./batched-lookup.ts";
 import { toDate, toDateOrNull } from "./raw-values.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
@@ -13,7 +14,17 @@ export function createWorkerRepository(ctx: StoreContext): Database["workers"] {
   // get and byCredentialHash run on every agent call: raw SQL on the driver.
   const workers = ctx.table("workers");
   const byIdSql = `select * from ${workers} where id = $1`;
-  const byCredentialHashSql = `select * from ${workers} where credential_hash = $1`;
+  // Every Connect looks its credential up; after a restart a whole fleet
+  // does at once, so concurrent lookups share one statement.
+  const byCredentialHashesSql = `select * from ${workers} where credential_hash = any($1::text[])`;
+  const credentialLookup = createBatchedLookup<string, WorkerRecord | null>({
+    id: (hash) => hash,
+    missing: null,
+    fetch: async (hashes) => {
+      const { rows } = await ctx.query<WorkerDbRow & { credential_hash: string }>(byCredentialHashesSql, [hashes]);
+      return new Map(rows.map((row) => [row.credential_hash, fromDbRow(row)]));
+    },
+  });
   const selectOne = async (sql: string, param: string): Promise<WorkerRecord | null> => {
     const { rows } = await ctx.query<WorkerDbRow>(sql, [param]);
     const row = rows[0];
@@ -88,7 +99,7 @@ export function createWorkerRepository(ctx: StoreContext): Database["workers"] {
     },
 
     async byCredentialHash(credentialHash) {
-      return selectOne(byCredentialHashSql, credentialHash);
+      return credentialLookup(credentialHash);
     },
 
     async setState(id, state) {

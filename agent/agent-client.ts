@@ -26,7 +26,44 @@ export interface AgentClient {
   register(request: RegisterRequest, signal?: AbortSignal): Promise<RegisterResponse>;
   /** Opens the Connect stream with the credential as a Bearer authorization. */
   connect(credential: string): AgentStream;
+  /** See channelReady: has the channel connect now, waiting at most `timeoutMs`. */
+  ready(timeoutMs: number): Promise<boolean>;
   close(): void;
+}
+
+/**
+ * Has the channel try to connect now and waits until it is READY, or until
+ * that try has failed, or `timeoutMs`. True when READY.
+ *
+ * Why: after a refused connection a grpc-js channel stays in
+ * TRANSIENT_FAILURE, and a call made then fails at once without trying; it
+ * only starts the next connection. An agent coming back after a server
+ * restart would need two tries, each after its backoff delay, to get one
+ * stream. Asking the channel to connect just before the call, and waiting
+ * for the outcome, makes one try cost one connection attempt, as before,
+ * and the call then finds the channel connected.
+ */
+export function channelReady(channel: Pick<grpc.Channel, "getConnectivityState" | "watchConnectivityState">, timeoutMs: number): Promise<boolean> {
+  const { READY, TRANSIENT_FAILURE, CONNECTING, SHUTDOWN } = grpc.connectivityState;
+  const deadline = Date.now() + timeoutMs;
+  let tried = false;
+  return new Promise((resolve) => {
+    const check = () => {
+      let state: grpc.connectivityState;
+      try {
+        state = channel.getConnectivityState(true);
+      } catch {
+        resolve(false); // closed
+        return;
+      }
+      if (state === READY) return resolve(true);
+      if (state === SHUTDOWN || (tried && state === TRANSIENT_FAILURE)) return resolve(false);
+      if (state === CONNECTING) tried = true;
+      if (Date.now() >= deadline) return resolve(false);
+      channel.watchConnectivityState(state, deadline, (error?: Error) => (error === undefined ? check() : resolve(false)));
+    };
+    check();
+  });
 }
 
 const AgentServiceClient = grpc.makeGenericClientConstructor(grpcJsServiceDefinition(AgentService), "AgentService");
@@ -85,6 +122,9 @@ export function createAgentClient(url: string, options: AgentClientOptions): Age
       const metadata = new grpc.Metadata();
       metadata.set("authorization", `Bearer ${credential}`);
       return client.connect(metadata);
+    },
+    ready(timeoutMs) {
+      return channelReady(client.getChannel(), timeoutMs);
     },
     close() {
       client.close();

@@ -40,6 +40,8 @@ export { AgentError, EXIT_CONFIG, EXIT_CREDENTIAL_REJECTED, EXIT_INTERNAL, EXIT_
 
 /** On close(), how long cancelled jobs' finish reports may take to be acknowledged before they are dropped. */
 const CLOSE_REPORT_TIMEOUT_MS = 5_000;
+/** How long a try waits for the channel to connect before it opens the stream anyway. */
+const CHANNEL_READY_TIMEOUT_MS = 5_000;
 /** The keep-alive handle never fires in practice; it only holds the event loop open. */
 const KEEP_ALIVE_MS = 2 ** 30;
 
@@ -120,6 +122,9 @@ export function createAgent(config: AgentConfig, options: AgentOptions = {}): Ag
       for (const attempt of attempts.values()) {
         if (attempt.state !== "done" && attempt.state !== "abandoned") running.push(attempt.running());
       }
+      // One try, one connection attempt: see channelReady in agent-client.ts.
+      await client!.ready(CHANNEL_READY_TIMEOUT_MS);
+      if (closing.signal.aborted) return;
       const sessionId = randomUUID();
       const current = createSession({
         client: client!,

@@ -27,6 +27,7 @@ import {
   type RegisterResponse,
 } from "../../gen/muster/v1/agent_pb.js";
 import { LogStream } from "../../gen/muster/v1/job_pb.js";
+import { channelReady } from "../../agent/agent-client.ts";
 import { createBackoff, type Backoff } from "../../agent/backoff.ts";
 import { grpcJsServiceDefinition } from "../../src/grpc/grpcjs-service.ts";
 import { emit, serveCommands } from "../lib/ipc-child.ts";
@@ -36,6 +37,8 @@ const MAX_CHUNK_BYTES = 64 * 1024;
 const LINE_BYTES = 100;
 const BACKOFF_INITIAL_MS = 250;
 const BACKOFF_MAX_MS = 10_000;
+/** As the real agent (agent/agent.ts): how long a reconnect waits for the channel before it tries anyway. */
+const CHANNEL_READY_TIMEOUT_MS = 5_000;
 
 const Client = grpc.makeGenericClientConstructor(grpcJsServiceDefinition(AgentService), "AgentService");
 type UntypedClient = grpc.Client & {
@@ -283,7 +286,11 @@ function connect(agent: Agent): void {
     if (closing) return;
     reconnects++;
     setTimeout(() => {
-      if (!closing) connect(agent);
+      if (closing) return;
+      // As the real agent does (agent/agent.ts): one try, one connection attempt.
+      void channelReady(agent.client.getChannel(), CHANNEL_READY_TIMEOUT_MS).then(() => {
+        if (!closing) connect(agent);
+      });
     }, agent.backoff.next()).unref();
   };
   call.on("error", () => {

@@ -152,7 +152,10 @@ export function runAgentSession(
   let draining = false;
   /** The worker's pool, known once Hello is handled. */
   let poolId = "";
-  /** When the last heartbeat was accepted (the attach counts as one). */
+  /**
+   * When the last heartbeat accepted was received (the attach counts as one,
+   * from just before it was recorded): the store counts freshness from then.
+   */
   let lastHeartbeatAt = 0;
   const held = new Set<string>();
   let chain: Promise<void> = Promise.resolve();
@@ -313,6 +316,7 @@ export function runAgentSession(
     if (current === null) throw Object.assign(new Error("the worker was deleted"), { code: status.UNAUTHENTICATED });
     const replaced = deps.registry.add(handle);
     replaced?.end(status.ABORTED, "superseded by a newer session of the same worker");
+    const attachedAt = Date.now();
     await leases.attach(
       { workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: current.state === "enabled" },
       sessionId,
@@ -356,7 +360,7 @@ export function runAgentSession(
       "agent connected",
     );
     poolId = current.poolId;
-    lastHeartbeatAt = Date.now();
+    lastHeartbeatAt = attachedAt;
     void deps.placer.drainPool(current.poolId);
     call.on("drain", () => {
       writesBlockedSince = null;
@@ -366,6 +370,7 @@ export function runAgentSession(
   }
 
   async function onHeartbeat(draining_: boolean): Promise<void> {
+    const receivedAt = Date.now();
     let ok = await leases.heartbeat(worker.id, sessionId, deps.heartbeatTtlMs, deps.leaseTtlMs);
     if (!ok && deps.verifyStore !== undefined) {
       // Perhaps the store lost this session with everything else: once it is
@@ -378,10 +383,13 @@ export function runAgentSession(
       return;
     }
     // A heartbeat after a silence longer than the TTL makes a stale worker
-    // healthy again: jobs waiting for a healthy worker may run now.
-    const now = Date.now();
-    const wasStale = now - lastHeartbeatAt > deps.heartbeatTtlMs;
-    lastHeartbeatAt = now;
+    // healthy again: jobs waiting for a healthy worker may run now. The store
+    // counts freshness from when each heartbeat was received, and records one
+    // up to a short batch window later (heartbeat-batch.ts): the worker may
+    // have been stale until now if the previous one was received more than a
+    // TTL ago.
+    const wasStale = Date.now() - lastHeartbeatAt > deps.heartbeatTtlMs;
+    lastHeartbeatAt = receivedAt;
     if (wasStale && poolId !== "") void deps.placer.drainPool(poolId);
     if (draining_ && !draining) {
       log.info({ event: "agent_draining" }, "agent is shutting down: no new work");

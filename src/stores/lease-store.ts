@@ -111,6 +111,10 @@ export interface LeaseStore {
   /**
    * Refreshes heartbeat freshness and extends every lease the worker holds by
    * `leaseTtlMs`. Returns false if `sessionId` no longer holds the worker.
+   * Both count from when the call was made. A store may record heartbeats in
+   * batches (Redis: the replica's heartbeats of a short window, at most a
+   * tenth of either TTL, in one script call); the promise settles once this
+   * one is recorded.
    */
   heartbeat(workerId: string, sessionId: string, heartbeatTtlMs: number, leaseTtlMs: number): Promise<boolean>;
   /** Updates placement attributes (state, capacity, labels) without touching the session. */

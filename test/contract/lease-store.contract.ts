@@ -345,6 +345,48 @@ export function leaseStoreContract(name: string, make: MakeLeaseStore): void {
       );
 
       test(
+        "heartbeats arriving together are each answered: the superseded session's false, the others' true",
+        withStore(async (store) => {
+          const ids = Array.from({ length: 50 }, (_, i) => `w${i}`);
+          await attachAll(store, ids.map((id) => worker(id)));
+          await store.attach(worker("w7"), "newer", REPLICA, HEARTBEAT_TTL_MS);
+          await store.detach("w9", SESSION);
+          const answers = await Promise.all(ids.map((id) => store.heartbeat(id, SESSION, HEARTBEAT_TTL_MS, LEASE_TTL_MS)));
+          assert.deepEqual(
+            ids.filter((_, i) => !answers[i]),
+            ["w7", "w9"],
+          );
+          const statuses = await store.workerStatus(["w7", "w9", "w8"]);
+          assert.equal(statuses.get("w7")!.sessionId, "newer", "the stale heartbeat did not take the worker back");
+          assert.equal(statuses.get("w9")!.attached, false, "the heartbeat of a detached session does not attach it again");
+          assert.equal(statuses.get("w8")!.fresh, true);
+        }),
+      );
+
+      test(
+        "a worker whose agent stops heartbeating stops being healthy within the TTL; those that beat stay healthy",
+        withStore(async (store) => {
+          const TTL = 300;
+          const ids = Array.from({ length: 20 }, (_, i) => `w${i}`);
+          await attachAll(store, ids.map((id) => worker(id, { capacity: 100 })), TTL);
+          const silent = new Set(["w0", "w1", "w2"]);
+          const startedAt = Date.now();
+          // Beat every 100 ms for three TTLs, all but the silent ones, all at once.
+          while (Date.now() - startedAt < 3 * TTL) {
+            const beats = ids.filter((id) => !silent.has(id)).map((id) => store.heartbeat(id, SESSION, TTL, LEASE_TTL_MS));
+            assert.ok((await Promise.all(beats)).every(Boolean));
+            await sleep(100);
+          }
+          const statuses = await store.workerStatus(ids);
+          for (const id of ids) assert.equal(statuses.get(id)!.fresh, !silent.has(id), `${id} fresh`);
+          for (let n = 0; n < 40; n++) {
+            const chosen = placed(await store.acquire(job(`j${n}`))).workerId;
+            assert.ok(!silent.has(chosen), `job j${n} went to ${chosen}, whose agent stopped heartbeating`);
+          }
+        }),
+      );
+
+      test(
         "workerStatus reports unknown workers as detached with no leases",
         withStore(async (store) => {
           await attachAll(store, [worker("a")]);
@@ -401,6 +443,37 @@ export function leaseStoreContract(name: string, make: MakeLeaseStore): void {
     });
 
     describe("leases", () => {
+      test(
+        "leases of a heartbeating worker do not expire; once it stops, they expire within the lease TTL",
+        withStore(async (store) => {
+          const TTL = 300;
+          await attachAll(store, [worker("a"), worker("b")]);
+          placed(await store.acquire(job("j1", { leaseTtlMs: TTL })));
+          placed(await store.acquire(job("j2", { leaseTtlMs: TTL })));
+          const startedAt = Date.now();
+          while (Date.now() - startedAt < 3 * TTL) {
+            assert.deepEqual(
+              await Promise.all(["a", "b"].map((id) => store.heartbeat(id, SESSION, HEARTBEAT_TTL_MS, TTL))),
+              [true, true],
+            );
+            assert.deepEqual(await store.reapExpiredLeases(), []);
+            await sleep(100);
+          }
+          assert.ok((await store.lease("j1", 1)) !== null && (await store.lease("j2", 1)) !== null, "both leases held after three TTLs");
+          // Only b beats from now on.
+          const quietSince = Date.now();
+          while (Date.now() - quietSince < TTL + 100) {
+            assert.equal(await store.heartbeat("b", SESSION, HEARTBEAT_TTL_MS, TTL), true);
+            await sleep(100);
+          }
+          const reaped = await store.reapExpiredLeases();
+          assert.equal(reaped.length, 1);
+          assert.equal(reaped[0]!.workerId, "a");
+          const kept = await store.lease(reaped[0]!.jobId === "j1" ? "j2" : "j1", 1);
+          assert.equal(kept?.workerId, "b");
+        }),
+      );
+
       test(
         "release frees the lease once",
         withStore(async (store) => {

@@ -7,7 +7,9 @@
 // a job submitted on A to its end. The last two tests hold the placer to "no
 // queued job waits while an eligible worker has room" where it used to fail:
 // behind a full batch of jobs that wait for a missing label, and after an
-// agent's stalled heartbeats resume.
+// agent's stalled heartbeats resume. The last: an agent that connects again
+// through the other replica ends its old stream, which only its heartbeats
+// (recorded in batches) can tell the old replica.
 
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -23,6 +25,7 @@ import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
 import { createTestSchema, type TestSchema } from "../support/postgres.ts";
 import { deleteKeysWithPrefix, REDIS_URL, requireRedis, uniqueKeyPrefix } from "../support/redis.ts";
 import { startAgent, startServer, stopAll, type ManagedProcess, type ServerProcess } from "../support/processes.ts";
+import { startFakeAgent } from "../faults/harness/fake-agent.ts";
 
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
 const CAPACITY = 2;
@@ -347,5 +350,24 @@ describe("two server replicas on one Postgres and one Redis", () => {
       3000,
     ).catch(explainWait(id));
     assert.equal(job.state, JobState.SUCCEEDED);
+  });
+
+  test("a worker's stream superseded through the other replica is ended there at its next heartbeat", { timeout: 30_000 }, async () => {
+    const { workerPool, registrationToken } = await a.pools.createWorkerPool({ name: "superseded", description: "one worker, two streams" });
+    const onA = await startFakeAgent({ url: a.server.agent, token: registrationToken, name: "twice", heartbeatMs: 300 });
+    const onB = await startFakeAgent({ url: b.server.agent, identity: { workerId: onA.workerId, credential: onA.credential }, heartbeatMs: 300 });
+    try {
+      const ended = await Promise.race([onA.ended, sleep(5000).then(() => null)]);
+      assert.ok(ended !== null, "the stream on A was not ended");
+      assert.equal(ended.code, 10, `ABORTED: ${ended.details}`);
+      assert.match(ended.details, /no longer holds the worker/);
+      await sleep(1000);
+      const { workers } = await b.workers.listWorkers({ workerPoolId: workerPool!.id });
+      assert.equal(workers[0]?.health, WorkerHealth.HEALTHY, "the newer stream, on B, keeps the worker healthy");
+      assert.equal(await Promise.race([onB.ended.then(() => "ended"), sleep(10).then(() => "open")]), "open");
+    } finally {
+      onA.close();
+      onB.close();
+    }
   });
 });

@@ -12,6 +12,9 @@ export interface LeaseKeys {
   run(runId: string): string;
   leases: string;
   leaseExpiry: string;
+  sessions: string;
+  heartbeats: string;
+  leasedWorkers: string;
   leaseSeq: string;
   epoch: string;
   /** The replica id is appended (inside the deliver script too). */
@@ -30,6 +33,9 @@ export function leaseKeys(prefix: string): LeaseKeys {
     run: (runId) => `${prefix}run:${runId}`,
     leases: `${prefix}leases`,
     leaseExpiry: `${prefix}lease-expiry`,
+    sessions: `${prefix}sessions`,
+    heartbeats: `${prefix}heartbeats`,
+    leasedWorkers: `${prefix}leased-workers`,
     leaseSeq: `${prefix}lease-seq`,
     epoch: `${prefix}epoch`,
     deliveryChannelPrefix: `${prefix}deliver:`,

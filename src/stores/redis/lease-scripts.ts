@@ -20,13 +20,14 @@ export type ScriptName =
   | "attach"
   | "deliver"
   | "detach"
-  | "heartbeat"
+  | "heartbeat-many"
   | "lease"
   | "reap"
   | "release"
   | "remove-worker"
   | "restore"
   | "update-worker"
+  | "upgrade"
   | "worker-status";
 
 export interface LoadedScript {

@@ -1,7 +1,10 @@
 // The lease/health store on Redis, shared by every replica. Each state change
 // is one Lua script (./lua, registered by lease-scripts.ts), so decisions are
 // atomic across replicas and judged by the Redis clock. Key layout: see
-// lua/includes/lease-state.lua.
+// lua/includes/lease-state.lua. Heartbeats are the exception to one call per
+// change: a replica's heartbeats are coalesced into one script call per short
+// window (heartbeat-batch.ts), so idle agents cost Redis a fixed handful of
+// commands per window however many there are.
 //
 // Two connections: one for commands and scripts, one for pub/sub (delivery
 // to the replica holding a worker's stream, and plain fan-out channels).
@@ -14,6 +17,7 @@ import { silentLogger, type Logger } from "../../logger.ts";
 import { assertOnePool, LeaseHeldError, type Delivery, type LeaseInfo, type LeaseStore, type PlacementWorker } from "../lease-store.ts";
 import { createBytePublisher, newOrigin } from "./byte-fanout.ts";
 import { createChannelSubscriber } from "./channel-subscriber.ts";
+import { createHeartbeatBatcher } from "./heartbeat-batch.ts";
 import { leaseKeys } from "./lease-keys.ts";
 import { defineScripts } from "./lease-scripts.ts";
 import {
@@ -38,6 +42,12 @@ export interface RedisLeaseStoreOptions {
   /** Prepended to every key and channel; replicas sharing state use the same one. */
   keyPrefix?: string;
   logger?: Logger;
+  /**
+   * Longest a heartbeat waits to be recorded with the others of its window
+   * (default 1 s; never more than a tenth of the heartbeat or lease TTL).
+   * Tests that heartbeat one call at a time lower it.
+   */
+  heartbeatWindowMs?: number;
 }
 
 /** host:port of a Redis URL, without credentials, for error messages. */
@@ -87,11 +97,15 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
   const origin = newOrigin();
   const subscriber = createChannelSubscriber(subscriberConnection, origin, logger);
   const publishBytes = createBytePublisher(commands, subscriber, origin);
+  // Heartbeats are recorded in batches, one script call per short window (heartbeat-batch.ts).
+  const heartbeats = createHeartbeatBatcher(run, keys, options.heartbeatWindowMs);
 
   return {
     async start() {
       try {
         await Promise.all([commands.connect(), subscriberConnection.connect()]);
+        // Data of an older version of the store, brought up to this layout (lua/upgrade-2.lua).
+        await run("upgrade", [keys.leases, keys.leasedWorkers], []);
       } catch (error) {
         // No reconnect loop outlives a failed start.
         commands.disconnect();
@@ -101,6 +115,7 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
     },
 
     async close() {
+      await heartbeats.close().catch(() => undefined);
       await Promise.all(
         [commands, subscriberConnection].map(async (connection) => {
           if (connection.status === "end") return;
@@ -119,26 +134,26 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
         replicaId,
         heartbeatTtlMs,
       ]);
+      heartbeats.attached(worker.workerId, worker.poolId, heartbeatTtlMs);
     },
 
     async detach(workerId, sessionId) {
-      return toBoolean(await run("detach", [keys.worker(workerId)], [prefix, workerId, sessionId]));
+      const detached = toBoolean(await run("detach", [keys.worker(workerId)], [prefix, workerId, sessionId]));
+      if (detached) heartbeats.forget(workerId);
+      return detached;
     },
 
-    async heartbeat(workerId, sessionId, heartbeatTtlMs, leaseTtlMs) {
-      const reply = await run(
-        "heartbeat",
-        [keys.worker(workerId), keys.workerLeases(workerId), keys.leaseExpiry],
-        [prefix, workerId, sessionId, heartbeatTtlMs, leaseTtlMs],
-      );
-      return toBoolean(reply);
+    heartbeat(workerId, sessionId, heartbeatTtlMs, leaseTtlMs) {
+      return heartbeats.heartbeat(workerId, sessionId, heartbeatTtlMs, leaseTtlMs);
     },
 
     async updateWorker(worker) {
       await run("update-worker", [keys.worker(worker.workerId)], [prefix, worker.workerId, ...placementArgs(worker)]);
+      heartbeats.moved(worker.workerId, worker.poolId);
     },
 
     async removeWorker(workerId) {
+      heartbeats.forget(workerId);
       await run(
         "remove-worker",
         [keys.worker(workerId), keys.workerLeases(workerId), keys.leases, keys.leaseExpiry],

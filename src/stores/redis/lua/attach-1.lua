@@ -22,6 +22,8 @@
 local prefix, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
 setPlacement(prefix, workerId, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-redis.call("HSET", KEYS[1], "session", ARGV[7], "replica", ARGV[8], "hb", now, "hbTtl", ARGV[9])
+redis.call("HSET", KEYS[1], "session", ARGV[7], "replica", ARGV[8], "hbTtl", ARGV[9])
+redis.call("HSET", prefix .. "sessions", workerId, ARGV[7])
+redis.call("ZADD", prefix .. "heartbeats", now + tonumber(ARGV[9]), workerId)
 reindexWorker(prefix, workerId, now)
 return 1

@@ -1,6 +1,7 @@
 --[[
   Detaches the worker's stream, only if the given session still holds it, so a
-  stale stream's cleanup cannot evict a fresh reconnect. Leases stay.
+  stale stream's cleanup cannot evict a fresh reconnect. Leases stay, and so
+  does the last heartbeat (workerStatus still reports it).
 
   Input:
     KEYS[1] worker hash
@@ -19,5 +20,6 @@ if redis.call("HGET", KEYS[1], "session") ~= ARGV[3] then
   return 0
 end
 redis.call("HDEL", KEYS[1], "session", "replica")
+redis.call("HDEL", prefix .. "sessions", workerId)
 reindexWorker(prefix, workerId, nowMs())
 return 1

@@ -1,6 +1,6 @@
 --[[
-  Forgets the worker entirely: session, placement attributes, selection
-  entries, label memberships and the leases it held.
+  Forgets the worker entirely: session, heartbeat, placement attributes,
+  selection entries, label memberships and the leases it held.
 
   Input:
     KEYS[1] worker hash
@@ -25,4 +25,7 @@ for i = 1, #leaseIds do
   redis.call("ZREM", KEYS[4], leaseIds[i])
 end
 redis.call("DEL", KEYS[1], KEYS[2])
+redis.call("HDEL", prefix .. "sessions", workerId)
+redis.call("ZREM", prefix .. "heartbeats", workerId)
+redis.call("SREM", prefix .. "leased-workers", workerId)
 return known

@@ -188,7 +188,8 @@ local function acquireOne(pool, req)
     redis.call("HSET", key, "exclusive", leaseId)
   end
   addLease(prefix, pool.leasesKey, pool.expiryKey, leaseId, workerId, pool.now + pool.leaseTtl)
-  reindexWorker(prefix, workerId, pool.now)
+  -- Chosen from pool-avail after purgeStale: healthy and fresh, so only avail and room move.
+  reindexWorker(prefix, workerId, pool.now, true)
   if runId ~= "" then
     redis.call("SET", req.runKey, workerId, "PX", pool.runTtl)
   end

@@ -4,9 +4,17 @@
 
   Key layout (every key starts with the store prefix, ARGV[1] of each script):
     worker:<workerId>           hash   pool, capacity, labels ("\n"-wrapped), accepts ("1"/"0"),
-                                       session, replica, hb (ms), hbTtl (ms), leases (count),
-                                       exclusive (lease id of an exclusive lease), sel (selection member)
+                                       session, replica, hbTtl (ms, of the last attach or TTL change),
+                                       leases (count), exclusive (lease id of an exclusive lease),
+                                       sel (selection member)
     worker-leases:<workerId>    set    lease ids the worker holds
+    sessions                    hash   workerId -> sessionId of attached workers (mirrors the worker
+                                       hash's session, so one HMGET checks a whole heartbeat batch)
+    heartbeats                  zset   workerId, score = heartbeat expiry (ms): last heartbeat + its TTL.
+                                       Freshness lives here, not in the worker hash, so a batch of
+                                       heartbeats is one ZADD (heartbeat-many-4.lua)
+    leased-workers              set    every worker holding a lease (and, until the next heartbeat
+                                       batch of that worker, some that no longer do)
     pool-healthy:<poolId>       zset   attached + accepting workers, score = heartbeat expiry (ms);
                                        stale members are purged by acquire
     pool-avail:<poolId>         zset   healthy workers with room (and no exclusive lease),
@@ -72,24 +80,32 @@ end
 
 -- Puts the worker into (or takes it out of) its pool's healthy, avail and room
 -- sets according to its hash and the store clock. Every write to a worker ends here.
-local function reindexWorker(prefix, workerId, now)
+-- knownHealthy: the caller knows the worker is in pool-healthy and fresh
+-- (acquire just chose it from pool-avail), so its freshness is not read again.
+local function reindexWorker(prefix, workerId, now, knownHealthy)
   local f = redis.call("HMGET", workerKey(prefix, workerId),
-    "pool", "capacity", "accepts", "session", "hb", "hbTtl", "leases", "exclusive", "sel")
+    "pool", "capacity", "accepts", "session", "leases", "exclusive", "sel")
   local poolId = f[1]
   if not poolId then
     return
   end
   local healthyKey, availKey, roomKey = poolKeys(prefix, poolId)
-  local expiry = (tonumber(f[5]) or 0) + (tonumber(f[6]) or 0)
-  local healthy = f[3] == "1" and f[4] and expiry > now
-  if healthy then
-    redis.call("ZADD", healthyKey, expiry, workerId)
-  else
-    redis.call("ZREM", healthyKey, workerId)
+  local healthy = knownHealthy
+  if not healthy then
+    local expiry = false
+    if f[3] == "1" and f[4] then
+      expiry = tonumber(redis.call("ZSCORE", prefix .. "heartbeats", workerId))
+    end
+    healthy = expiry and expiry > now
+    if healthy then
+      redis.call("ZADD", healthyKey, expiry, workerId)
+    else
+      redis.call("ZREM", healthyKey, workerId)
+    end
   end
-  local leases = tonumber(f[7]) or 0
-  local sel = f[9] or initialSel(workerId)
-  if healthy and leases < (tonumber(f[2]) or 0) and not f[8] then
+  local leases = tonumber(f[5]) or 0
+  local sel = f[7] or initialSel(workerId)
+  if healthy and leases < (tonumber(f[2]) or 0) and not f[6] then
     redis.call("ZADD", availKey, leases, sel)
     redis.call("SADD", roomKey, workerId)
   else
@@ -134,6 +150,7 @@ local function addLease(prefix, leasesKey, expiryKey, leaseId, workerId, expiry)
   redis.call("HSET", leasesKey, leaseId, workerId)
   redis.call("ZADD", expiryKey, expiry, leaseId)
   redis.call("SADD", workerLeasesKey(prefix, workerId), leaseId)
+  redis.call("SADD", prefix .. "leased-workers", workerId)
   redis.call("HINCRBY", workerKey(prefix, workerId), "leases", 1)
 end
 

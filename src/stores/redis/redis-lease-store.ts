@@ -100,6 +100,16 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
   // Heartbeats are recorded in batches, one script call per short window (heartbeat-batch.ts).
   const heartbeats = createHeartbeatBatcher(run, keys, options.heartbeatWindowMs);
 
+  /** The keys a placement decision reads and writes (KEYS[1..6] of acquire and acquire-many). */
+  const placementKeys = (poolId: string) => [
+    keys.poolHealthy(poolId),
+    keys.poolAvail(poolId),
+    keys.poolRoom(poolId),
+    keys.leases,
+    keys.leaseExpiry,
+    keys.leaseSeq,
+  ];
+
   return {
     async start() {
       try {
@@ -166,15 +176,7 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
       joinLabels(request.requiredLabels);
       const reply = await run(
         "acquire",
-        [
-          keys.poolHealthy(request.poolId),
-          keys.poolAvail(request.poolId),
-          keys.poolRoom(request.poolId),
-          keys.leases,
-          keys.leaseExpiry,
-          keys.leaseSeq,
-          keys.run(request.runId),
-        ],
+        [...placementKeys(request.poolId), keys.run(request.runId)],
         [
           prefix,
           request.poolId,
@@ -201,14 +203,7 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
       }
       const replies = (await run(
         "acquire-many",
-        [
-          keys.poolHealthy(first.poolId),
-          keys.poolAvail(first.poolId),
-          keys.poolRoom(first.poolId),
-          keys.leases,
-          keys.leaseExpiry,
-          keys.leaseSeq,
-        ],
+        placementKeys(first.poolId),
         args,
       )) as unknown[];
       return replies.map((reply, n) => {

@@ -8,15 +8,15 @@
 // the job untouched.
 //
 // Transitions and inserts made in one turn of the event loop share one
-// statement (see job-batches.ts): a lone call runs the single statements
-// below, several run one batch statement of the same meaning.
+// statement (see job-batches.ts, which builds the transition statement for
+// one job or many); a lone job insert runs the plain INSERT below.
 //
 // Every statement here is raw SQL with bound parameters, run straight on the
 // driver (ctx.query) and mapped to records by hand: these are the scheduler's
 // hot paths, and MikroORM's QueryBuilder costs far more CPU than the query.
 
 import type { AttemptRecord, JobRecord } from "../../domain.ts";
-import { queuedJobRecord, type AttemptChange, type Database, type JobFence, type JobPatch } from "../database.ts";
+import { queuedJobRecord, type Database } from "../database.ts";
 import {
   createBatcher,
   definedOnly,
@@ -75,50 +75,6 @@ interface AttemptDbRow {
   last_seq: number;
 }
 
-/** Job fields a transition may set, by column. Everything but the id. */
-const JOB_COLUMNS: Readonly<Record<string, string>> = {
-  space: "space",
-  name: "name",
-  script: "script",
-  env: "env",
-  requestedPoolId: "requested_pool_id",
-  targetId: "target_id",
-  runId: "run_id",
-  requiredLabels: "required_labels",
-  priority: "priority",
-  exclusive: "exclusive",
-  timeoutMs: "timeout_ms",
-  queueTimeoutMs: "queue_timeout_ms",
-  maxAttempts: "max_attempts",
-  state: "state",
-  attempt: "attempt",
-  workerId: "worker_id",
-  exitCode: "exit_code",
-  failureReason: "failure_reason",
-  message: "message",
-  resolvedPoolId: "resolved_pool_id",
-  poolRule: "pool_rule",
-  poolReason: "pool_reason",
-  workerReason: "worker_reason",
-  builtinWorker: "builtin_worker",
-  createdAt: "created_at",
-  startedAt: "started_at",
-  endedAt: "ended_at",
-  queueDeadline: "queue_deadline",
-} satisfies Record<Exclude<keyof JobRecord, "id">, string>;
-
-/** Attempt fields an attempt update may set, by column. */
-const ATTEMPT_COLUMNS: Readonly<Record<string, string>> = {
-  workerId: "worker_id",
-  state: "state",
-  assignedAt: "assigned_at",
-  acceptedAt: "accepted_at",
-  endedAt: "ended_at",
-  outcome: "outcome",
-  exitCode: "exit_code",
-  lastSeq: "last_seq",
-} satisfies Record<Exclude<keyof AttemptRecord, "jobId" | "attempt">, string>;
-
 /** The jobs columns a new job is inserted with: column, SQL type, field. */
 const INSERT_COLUMNS: ReadonlyArray<readonly [string, string, keyof JobRecord]> = [
   ["id", "uuid", "id"],
@@ -172,10 +128,6 @@ interface NewJobItem {
   attempt: AttemptRecord | undefined;
 }
 
-/** The job_attempts columns in insert order. */
-const ATTEMPT_INSERT =
-  "(job_id, attempt, worker_id, state, assigned_at, accepted_at, ended_at, outcome, exit_code, last_seq)";
-
 export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const jobs = ctx.table("jobs");
   const attempts = ctx.table("job_attempts");
@@ -214,93 +166,6 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const selectAttempts = async (sql: string, params: unknown[]): Promise<AttemptRecord[]> => {
     const { rows } = await ctx.query<AttemptDbRow>(sql, params);
     return rows.map(toAttemptRecord);
-  };
-
-  /**
-   * The one statement of a transition: `j` changes (or, with an empty patch,
-   * locks) the job row if the fence holds; the attempt change reads `j`, so it
-   * writes nothing when `j` is empty.
-   */
-  const transitionStatement = (
-    jobId: string,
-    fence: JobFence,
-    patch: JobPatch,
-    change: AttemptChange | undefined,
-  ): { sql: string; params: unknown[] } => {
-    const params: unknown[] = [jobId, fence.states];
-    let where = "id = $1 and state = any($2::text[])";
-    if (fence.attempt !== undefined) {
-      params.push(fence.attempt);
-      where += ` and attempt = $${params.length}`;
-    }
-    if (fence.workerId !== undefined) {
-      params.push(fence.workerId);
-      where += ` and worker_id = $${params.length}`;
-    }
-
-    let sets = "";
-    for (const key of Object.keys(patch)) {
-      const value = (patch as Record<string, unknown>)[key];
-      if (value === undefined) continue; // "leave as is"
-      const column = JOB_COLUMNS[key];
-      if (column === undefined) throw new Error(`jobs.transition: unknown job field "${key}"`);
-      params.push(jobParam(key, value));
-      sets += `${sets === "" ? "" : ", "}${column} = $${params.length}${jobCast(key)}`;
-    }
-    const job =
-      sets === ""
-        ? // Nothing to change on the job: lock it so the fence holds for the attempt change.
-          `select * from ${jobs} where ${where} for update`
-        : `update ${jobs} set ${sets} where ${where} returning *`;
-
-    let insert = change?.insert;
-    let update = change?.update;
-    if (insert !== undefined && update !== undefined && update.attempt === insert.attempt) {
-      // One statement cannot update the row it inserts; insert the updated row instead.
-      insert = { ...insert, ...definedOnly(update.patch) };
-      update = undefined;
-    }
-    const ctes: string[] = [];
-    if (insert !== undefined) {
-      const first = params.length;
-      params.push(
-        insert.jobId,
-        insert.attempt,
-        insert.workerId,
-        insert.state,
-        insert.assignedAt,
-        insert.acceptedAt,
-        insert.endedAt,
-        insert.outcome,
-        insert.exitCode,
-        insert.lastSeq,
-      );
-      const p = (i: number) => `$${first + i}`;
-      ctes.push(
-        `a as (insert into ${attempts} ${ATTEMPT_INSERT} select ${p(1)}::uuid, ${p(2)}::int, ${p(3)}::uuid, ` +
-          `${p(4)}::text, ${p(5)}::timestamptz, ${p(6)}::timestamptz, ${p(7)}::timestamptz, ${p(8)}::text, ` +
-          `${p(9)}::int, ${p(10)}::int from j returning 1)`,
-      );
-    }
-    if (update !== undefined) {
-      let attemptSets = "";
-      for (const key of Object.keys(update.patch)) {
-        const value = (update.patch as Record<string, unknown>)[key];
-        if (value === undefined) continue;
-        const column = ATTEMPT_COLUMNS[key];
-        if (column === undefined) throw new Error(`jobs.transition: unknown attempt field "${key}"`);
-        params.push(value);
-        attemptSets += `${attemptSets === "" ? "" : ", "}${column} = $${params.length}`;
-      }
-      if (attemptSets !== "") {
-        params.push(update.attempt);
-        ctes.push(
-          `u as (update ${attempts} t set ${attemptSets} from j where t.job_id = j.id and t.attempt = $${params.length} returning 1)`,
-        );
-      }
-    }
-    if (ctes.length === 0) return { sql: job, params };
-    return { sql: `with j as (${job}), ${ctes.join(", ")} select * from j`, params };
   };
 
   /** One job, one INSERT. */
@@ -361,7 +226,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
   /** One transition, one statement. */
   const transitionOne = async (item: TransitionItem): Promise<JobRecord | null> => {
-    const { sql, params } = transitionStatement(item.jobId, item.fence, item.patch, item.change);
+    const { sql, params } = transitionBatchStatement(jobs, attempts, [item]);
     let rows: JobDbRow[];
     try {
       ({ rows } = await ctx.query<JobDbRow>(sql, params));
@@ -487,11 +352,6 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 /** A job field's value as a parameter: jsonb goes as JSON text (pg would send a JS array as a Postgres array). */
 function jobParam(key: string, value: unknown): unknown {
   return key === "env" && value !== null ? JSON.stringify(value) : value;
-}
-
-/** The cast a job field's parameter needs in a SET clause (none: the column's type is inferred). */
-function jobCast(key: string): string {
-  return key === "env" ? "::jsonb" : key === "requiredLabels" ? "::text[]" : "";
 }
 
 function toJobRecord(row: JobDbRow): JobRecord {

@@ -53,4 +53,4 @@ EXPOSE 7070 7071
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # --max-semi-space-size: see "Memory" in README.md.
-CMD ["node", "--max-semi-space-size=8", "src/main.ts"]
+CMD ["node", "--max-semi-space-size=32", "src/main.ts"]

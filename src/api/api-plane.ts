@@ -2,7 +2,8 @@
 // gRPC-Web and Connect (connect-node), with grpc.health.v1.Health, server
 // reflection (v1 and v1alpha) and GET /healthz, /readyz, /metrics beside them.
 // HTTP/2 (gRPC clients, prior knowledge) and HTTP/1.1 (curl, probes,
-// Prometheus) share the port through the preface listener.
+// Prometheus) share the port through the preface listener. Plain unary gRPC
+// calls take a shorter path to the same implementations (grpc-unary.ts).
 //
 // Lifecycle: 'idle' -> 'starting' -> 'running' -> 'closing' -> 'closed'.
 // close() stops accepting, aborts every handler's signal (response streams
@@ -28,12 +29,15 @@ import {
 } from "../grpc/reflection-service.ts";
 import type { Logger } from "../logger.ts";
 import { API_COMPRESSION } from "./compression.ts";
+import { installGrpcUnaryPath, recordingRouter, type UnaryMethods } from "./grpc-unary.ts";
 import { httpEndpoints, type Readiness } from "./http-endpoints.ts";
 import { createPrefaceListener } from "./preface-listener.ts";
 import { rpcLoggingInterceptor } from "./rpc-logging.ts";
 
 /** Largest request message accepted (connect-node answers RESOURCE_EXHAUSTED above it). */
 const READ_MAX_BYTES = 4 * 1024 * 1024;
+/** Responses from this size on are compressed when the client accepts it (connect-node's default). */
+const COMPRESS_MIN_BYTES = 1024;
 /** A connection must send its first bytes (HTTP/2 preface or an HTTP/1.1 request line) within this. */
 const PREFACE_TIMEOUT_MS = 10_000;
 /** HTTP/1.1: time to receive a request's headers, and its whole body. */
@@ -83,8 +87,11 @@ export function createApiPlane(options: ApiPlaneOptions): ApiPlane {
   let closing: Promise<void> | undefined;
   const shutdown = new AbortController();
 
+  const interceptors = [rpcLoggingInterceptor(logger), endStreamsOnShutdown(shutdown.signal)];
+  const unaryMethods: UnaryMethods = new Map();
   const handler = connectNodeAdapter({
-    routes: (router) => {
+    routes: (connectRouter) => {
+      const router = recordingRouter(connectRouter, unaryMethods);
       options.routes(router);
       router.service(Health, healthService(options.health));
       const routed = router.handlers.map((h) => h.service);
@@ -96,8 +103,9 @@ export function createApiPlane(options: ApiPlaneOptions): ApiPlane {
     },
     readMaxBytes: READ_MAX_BYTES,
     acceptCompression: API_COMPRESSION,
+    compressMinBytes: COMPRESS_MIN_BYTES,
     shutdownSignal: shutdown.signal,
-    interceptors: [rpcLoggingInterceptor(logger), endStreamsOnShutdown(shutdown.signal)],
+    interceptors,
     fallback: httpEndpoints({
       logger,
       metrics: options.metrics,
@@ -140,6 +148,13 @@ export function createApiPlane(options: ApiPlaneOptions): ApiPlane {
     },
     handler,
   );
+  const unaryPath = installGrpcUnaryPath(http2Server, unaryMethods, {
+    readMaxBytes: READ_MAX_BYTES,
+    compressMinBytes: COMPRESS_MIN_BYTES,
+    interceptors,
+    shutdownSignal: shutdown.signal,
+  });
+  if (!unaryPath) logger.warn({ event: "grpc_unary_path_off" }, "unary gRPC calls go through connect-node: the HTTP/2 server has no compatibility listener to put the short path in front of");
   http2Server.on("connection", onRouted);
   http2Server.on("session", (session: http2.ServerHttp2Session) => {
     sessions.add(session);

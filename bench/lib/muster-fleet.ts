@@ -89,10 +89,14 @@ export async function attemptsPerJob(schema: string): Promise<number> {
   });
 }
 
-/** BENCH_PROFILE=1: the server writes a V8 CPU profile to bench/results/profiles when it stops. */
+/**
+ * BENCH_PROFILE=1: the server writes a V8 CPU profile to bench/results/profiles when it stops.
+ * BENCH_SERVER_NODE_ARGS: more Node flags for the server, space-separated (e.g. "--heap-prof --trace-gc").
+ */
 export function profileArgs(): string[] {
-  if (process.env.BENCH_PROFILE !== "1") return [];
-  return ["--cpu-prof", `--cpu-prof-dir=${path.join(ROOT, "bench/results/profiles")}`];
+  const extra = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter((arg) => arg !== "");
+  if (process.env.BENCH_PROFILE !== "1") return extra;
+  return ["--cpu-prof", `--cpu-prof-dir=${path.join(ROOT, "bench/results/profiles")}`, ...extra];
 }
 
 /** SIGTERM (the server drains and exits, writing its profile if any), SIGKILL after 10 s. */

@@ -1,25 +1,48 @@
-// Muster's load generator: submits no-op jobs through the API plane (gRPC on
-// connect-node, as an SDK client would), either closed loop (a fixed count
+// Muster's load generator: submits no-op jobs through the API plane as unary
+// gRPC calls (SubmitJob), either closed loop (a fixed count
 // with a bounded number in flight) or open loop (a fixed rate for a fixed
 // time, whatever the replies do). Each job's name carries its number; the
 // submit time is taken just before the request is sent, on the same clock
 // (performance.timeOrigin + now()) the simulated agents stamp arrivals with.
+//
+// The client is @grpc/grpc-js with the generated code (the library the agents
+// use), because the generator shares two cores with the system it measures:
+// per call it costs about 170-190 µs of CPU here, connect-node's client about
+// 330 µs (`node bench/api-call-cost.ts`; BENCHMARKS.md). MUSTER_BENCH_CLIENT=connect
+// runs it on connect-node's gRPC transport instead, as an SDK user would.
 
 import { performance } from "node:perf_hooks";
+import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { JobService } from "../../gen/muster/v1/job_pb.js";
+import * as grpc from "@grpc/grpc-js";
+import { JobService, SubmitJobRequestSchema } from "../../gen/muster/v1/job_pb.js";
+import { grpcJsServiceDefinition } from "../../src/grpc/grpcjs-service.ts";
 import { serveCommands } from "../lib/ipc-child.ts";
 
 const now = () => performance.timeOrigin + performance.now();
 /** Open loop: submits still unanswered beyond this stop the generator (it reports the overload). */
 const MAX_IN_FLIGHT = 5000;
 
-function jobs(api: string) {
-  return createClient(JobService, createGrpcTransport({ baseUrl: `http://${api}` }));
+type SubmitRequest = { name: string; workerPoolId: string; script: string; env: Record<string, string> };
+
+function jobs(api: string): { submitJob(request: SubmitRequest): Promise<unknown> } {
+  if (process.env.MUSTER_BENCH_CLIENT === "connect") {
+    return createClient(JobService, createGrpcTransport({ baseUrl: `http://${api}` }));
+  }
+  const Client = grpc.makeGenericClientConstructor(grpcJsServiceDefinition(JobService), "JobService");
+  const client = new Client(api, grpc.credentials.createInsecure()) as unknown as {
+    submitJob(request: unknown, callback: (error: grpc.ServiceError | null, response: unknown) => void): void;
+  };
+  return {
+    submitJob: (request) =>
+      new Promise((resolve, reject) =>
+        client.submitJob(create(SubmitJobRequestSchema, request), (error, response) => (error ? reject(error) : resolve(response))),
+      ),
+  };
 }
 
-function request(poolId: string, name: string) {
+function request(poolId: string, name: string): SubmitRequest {
   return { name, workerPoolId: poolId, script: "true", env: { N: name } };
 }
 

@@ -15,6 +15,8 @@ export interface ServerConfig {
   databaseUrl: string | null;
   /** Postgres schema to keep the tables in (tests isolate with it); null: the default search path. */
   databaseSchema: string | null;
+  /** Run the hot statements as named prepared statements (off behind a pooler that cannot keep them). */
+  databasePreparedStatements: boolean;
   /** Redis URL; null: the in-process lease store (single replica only). */
   redisUrl: string | null;
   redisKeyPrefix: string;
@@ -48,6 +50,11 @@ const OPTIONS = {
   agentAddr: { env: "MUSTER_AGENT_ADDR", flag: "agent-addr", description: "agent plane listen address (host:port)" },
   databaseUrl: { env: "MUSTER_DATABASE_URL", flag: "database-url", description: "PostgreSQL URL; unset: embedded PGlite" },
   databaseSchema: { env: "MUSTER_DATABASE_SCHEMA", flag: "database-schema", description: "Postgres schema for Muster's tables" },
+  databasePreparedStatements: {
+    env: "MUSTER_DATABASE_PREPARED_STATEMENTS",
+    flag: "database-prepared-statements",
+    description: "on or off; off behind a pooler in transaction mode without prepared-statement support",
+  },
   redisUrl: { env: "MUSTER_REDIS_URL", flag: "redis-url", description: "Redis URL; unset: in-process lease store" },
   redisKeyPrefix: { env: "MUSTER_REDIS_PREFIX", flag: "redis-prefix", description: "prefix of every Redis key" },
   dataDir: { env: "MUSTER_DATA_DIR", flag: "data-dir", description: "embedded database directory" },
@@ -140,6 +147,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (schema !== null && !/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) {
     throw new ConfigError(`${what("databaseSchema")}: "${schema}" is not a plain lower-case identifier`);
   }
+  const prepared = get("databasePreparedStatements") ?? "on";
+  if (prepared !== "on" && prepared !== "off") {
+    throw new ConfigError(`${what("databasePreparedStatements")}: "${prepared}" is neither on nor off`);
+  }
   return {
     apiHost: api.host,
     apiPort: api.port,
@@ -147,6 +158,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     agentPort: agent.port,
     databaseUrl: get("databaseUrl") ?? null,
     databaseSchema: schema,
+    databasePreparedStatements: prepared === "on",
     redisUrl: get("redisUrl") ?? null,
     redisKeyPrefix: get("redisKeyPrefix") ?? "muster:",
     dataDir: path.resolve(get("dataDir") ?? ".muster/data"),

@@ -144,6 +144,7 @@ async function startBehindAgentPlane(
       url: config.databaseUrl ?? undefined,
       dataDir: config.dataDir,
       schema: config.databaseSchema ?? undefined,
+      preparedStatements: config.databasePreparedStatements,
       logger,
     }),
     store.start(),

@@ -44,6 +44,8 @@ export interface OpenDatabaseOptions {
   debug?: boolean;
   /** Maximum PostgreSQL connections. Default 10. */
   poolSize?: number;
+  /** PostgreSQL: run the store's raw statements as named prepared statements (default true). */
+  preparedStatements?: boolean;
 }
 
 type Driver = "postgresql" | "pglite";
@@ -71,7 +73,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     throw error;
   }
 
-  const ctx = createStoreContext(orm.fork, schema);
+  const ctx = createStoreContext(orm.fork, schema, { preparedStatements: orm.driver === "postgresql" && options.preparedStatements !== false });
   const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
   return {
     close: () => orm.close(),

@@ -33,36 +33,99 @@ export interface StoreContext {
   query<R = Record<string, unknown>>(sql: string, params: readonly unknown[]): Promise<RawResult<R>>;
 }
 
-export function createStoreContext(fork: () => SqlEntityManager, schema: string | undefined): StoreContext {
+/**
+ * The pg pool behind MikroORM's PostgreSQL connection, as far as query()
+ * uses it: a named statement is parsed once per connection and then only
+ * bound and executed.
+ */
+interface NativePool {
+  query(config: { name?: string; text: string; values: unknown[] }): Promise<{ rows: unknown[]; rowCount: number | null; command: string }>;
+}
+
+/**
+ * Distinct statement texts run as named (prepared) statements on PostgreSQL.
+ * The hot statements are a few dozen texts (batch statements carry their
+ * rows in one JSON parameter, so a batch's size does not change its text);
+ * texts beyond this many run unnamed, so an unexpected variety of statements
+ * cannot grow every connection's plan cache without bound.
+ */
+const MAX_NAMED_STATEMENTS = 200;
+const COUNTED_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE"]);
+/** SQLSTATE of "cached plan must not change result type" (feature_not_supported). */
+const CACHED_PLAN_CHANGED = "0A000";
+
+export interface StoreContextOptions {
+  /**
+   * PostgreSQL (pg): run statements on the driver's pool as named prepared
+   * statements, which spares the server parsing and, once it settles on a
+   * generic plan, planning them again on every execution. PGlite: off.
+   */
+  preparedStatements?: boolean;
+}
+
+export function createStoreContext(fork: () => SqlEntityManager, schema: string | undefined, options: StoreContextOptions = {}): StoreContext {
   const prefix = schema === undefined ? "" : `${quoteIdentifier(schema)}.`;
   // The driver's connection and the ORM's logger are one object each for the
   // ORM's lifetime; reaching them needs an EntityManager once, not per statement.
   let connection: AbstractSqlConnection | undefined;
   let logger: OrmLogger | undefined;
+  let pool: NativePool | undefined;
+  const names = new Map<string, string>();
+  let generation = 0;
+  const nameOf = (sql: string): string | undefined => {
+    let name = names.get(sql);
+    if (name === undefined && names.size < MAX_NAMED_STATEMENTS) {
+      name = `muster_${generation}_${names.size + 1}`;
+      names.set(sql, name);
+    }
+    return name;
+  };
+
+  const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[]) => {
+    if (options.preparedStatements) {
+      pool ??= await (conn as unknown as { getNativeClient(): Promise<NativePool> }).getNativeClient();
+      let result;
+      try {
+        result = await pool.query({ name: nameOf(sql), text: sql, values: params as unknown[] });
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== CACHED_PLAN_CHANGED) throw error;
+        // A migration (another replica's, in a rolling upgrade) changed a
+        // table under statements prepared before it; PostgreSQL refuses to
+        // run them again. Every statement gets a fresh name, prepared anew.
+        generation++;
+        names.clear();
+        result = await pool.query({ name: nameOf(sql), text: sql, values: params as unknown[] });
+      }
+      return {
+        rows: result.rows,
+        affectedRows: COUNTED_COMMANDS.has(result.command) ? (result.rowCount ?? 0) : undefined,
+      };
+    }
+    await conn.ensureConnection();
+    const result = await conn.getClient().executeQuery(CompiledQuery.raw(sql, params as unknown[]));
+    const affected = result.numAffectedRows;
+    return { rows: result.rows, affectedRows: affected === undefined ? undefined : Number(affected) };
+  };
+
   const query = async <R>(sql: string, params: readonly unknown[]): Promise<RawResult<R>> => {
     if (connection === undefined || logger === undefined) {
       const em = fork();
       connection = em.getConnection("write");
       logger = em.config.getLogger();
     }
-    const conn = connection;
-    await conn.ensureConnection();
-    const compiled = CompiledQuery.raw(sql, params as unknown[]);
     const started = Date.now();
     let result;
     try {
-      result = await conn.getClient().executeQuery<R>(compiled);
+      result = await execute(connection, sql, params);
     } catch (error) {
       // Failures are logged like MikroORM's own: always, at error level.
       logger.logQuery({ query: sql, took: Date.now() - started, level: "error" });
       throw error;
     }
-    const affected = result.numAffectedRows;
-    const affectedRows = affected === undefined ? undefined : Number(affected);
     if (logger.isEnabled("query")) {
-      logger.logQuery({ query: sql, took: Date.now() - started, results: result.rows.length, affected: affectedRows });
+      logger.logQuery({ query: sql, took: Date.now() - started, results: result.rows.length, affected: result.affectedRows });
     }
-    return { rows: result.rows as R[], affectedRows };
+    return { rows: result.rows as R[], affectedRows: result.affectedRows };
   };
   return { fork, table: (name) => prefix + quoteIdentifier(name), query };
 }

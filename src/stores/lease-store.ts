@@ -175,6 +175,20 @@ export interface LeaseStore {
   subscribeBytes(channel: string, handler: (payload: Uint8Array) => void): Promise<Unsubscribe>;
 }
 
+/**
+ * The largest capacity a store accepts (the agent plane and the built-in
+ * worker allow 1-1,000). The Redis store keeps a worker's lease count and its
+ * last-leased sequence in one sorted-set score, exact up to this.
+ */
+export const MAX_WORKER_CAPACITY = 1000;
+
+/** Checks a worker's capacity: an integer from 0 to MAX_WORKER_CAPACITY. */
+export function assertCapacity(worker: PlacementWorker): void {
+  if (!Number.isInteger(worker.capacity) || worker.capacity < 0 || worker.capacity > MAX_WORKER_CAPACITY) {
+    throw new RangeError(`worker ${worker.workerId}: capacity must be an integer from 0 to ${MAX_WORKER_CAPACITY}, got ${worker.capacity}`);
+  }
+}
+
 /** acquireMany's stop rule: a plain request (no labels, not exclusive) that found no room. */
 export function blocksTheQueue(request: AcquireRequest, result: AcquireResult | "held"): boolean {
   return result !== "held" && !result.ok && result.code === "all_busy" && request.requiredLabels.length === 0 && !request.exclusive;

@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { AcquireRequest, AcquireResult, LeaseStore, PlacementWorker } from "../../src/stores/lease-store.ts";
+import {
+  blocksTheQueue,
+  LeaseHeldError,
+  MAX_WORKER_CAPACITY,
+  type AcquireRequest,
+  type AcquireResult,
+  type LeaseStore,
+  type PlacementWorker,
+} from "../../src/stores/lease-store.ts";
 
 export type MakeLeaseStore = () => Promise<{ store: LeaseStore; cleanup: () => Promise<void> }>;
 
@@ -302,6 +310,99 @@ export function leaseStoreContract(name: string, make: MakeLeaseStore): void {
           assert.equal(total, 3);
           assert.deepEqual(await store.acquireMany([]), []);
           await assert.rejects(store.acquireMany([job("x"), job("y", { poolId: "other" })]), RangeError);
+        }),
+      );
+    });
+
+    describe("a page decides what acquire decides one by one", () => {
+      // Two stores given the same history: one decides each page with
+      // acquireMany, the other with acquire one request at a time (stopping
+      // where acquireMany stops). Answers, lease holders and counts must match.
+      const LABELS = ["linux", "gpu", "arm"];
+      for (const seed of [1, 2, 3, 4, 5]) {
+        test(`random pages, seed ${seed}`, async () => {
+          let state = seed * 7919;
+          const random = () => ((state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+          const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)]!;
+          const [paged, single] = [await make(), await make()];
+          try {
+            const workers = Array.from({ length: 8 }, (_, i) =>
+              worker(`w${i}`, { capacity: 1 + Math.floor(random() * 3), labels: LABELS.filter(() => random() < 0.4) }),
+            );
+            for (const { store } of [paged, single]) await attachAll(store, workers);
+            const taken: AcquireRequest[] = [];
+            let next = 0;
+            for (let round = 0; round < 6; round++) {
+              const page: AcquireRequest[] = [];
+              for (let n = 0; n < 12; n++) {
+                const roll = random();
+                if (roll < 0.08 && taken.length > 0) page.push(pick(taken)); // already held
+                else if (roll < 0.12 && page.length > 0) page.push(page[page.length - 1]!); // twice in the page
+                else {
+                  page.push(
+                    job(`j${next++}`, {
+                      runId: pick(["", "", "r1", "r2"]),
+                      requiredLabels: random() < 0.3 ? LABELS.filter(() => random() < 0.4) : [],
+                      exclusive: random() < 0.1,
+                    }),
+                  );
+                }
+              }
+              const pagedResults = await paged.store.acquireMany(page);
+              const singleResults: Array<AcquireResult | "held"> = [];
+              for (const request of page) {
+                let result: AcquireResult | "held";
+                try {
+                  result = await single.store.acquire(request);
+                } catch (error) {
+                  if (!(error instanceof LeaseHeldError)) throw error;
+                  result = "held";
+                }
+                singleResults.push(result);
+                if (blocksTheQueue(request, result)) break;
+              }
+              assert.deepEqual(pagedResults, singleResults, `round ${round}`);
+              page.forEach((request, i) => {
+                const result = pagedResults[i];
+                if (result !== undefined && result !== "held" && result.ok) taken.push(request);
+              });
+              // Free some room for the next page, the same on both.
+              for (const request of [...taken]) {
+                if (random() < 0.35) {
+                  for (const { store } of [paged, single]) assert.equal(await store.release(request.jobId, 1), true);
+                  taken.splice(taken.indexOf(request), 1);
+                }
+              }
+              const ids = workers.map((w) => w.workerId);
+              assert.deepEqual(await leaseCounts(paged.store, ids), await leaseCounts(single.store, ids), `counts after round ${round}`);
+              for (const request of taken) {
+                assert.deepEqual(await paged.store.lease(request.jobId, 1), await single.store.lease(request.jobId, 1));
+              }
+            }
+          } finally {
+            await paged.cleanup();
+            await single.cleanup();
+          }
+        });
+      }
+    });
+
+    describe("worker capacity", () => {
+      test(
+        `a capacity above ${MAX_WORKER_CAPACITY} or not an integer is refused; ${MAX_WORKER_CAPACITY} is placed on`,
+        withStore(async (store) => {
+          await assert.rejects(store.attach(worker("a", { capacity: MAX_WORKER_CAPACITY + 1 }), SESSION, REPLICA, HEARTBEAT_TTL_MS), RangeError);
+          await assert.rejects(store.attach(worker("a", { capacity: 1.5 }), SESSION, REPLICA, HEARTBEAT_TTL_MS), RangeError);
+          await store.attach(worker("a", { capacity: MAX_WORKER_CAPACITY }), SESSION, REPLICA, HEARTBEAT_TTL_MS);
+          await assert.rejects(store.updateWorker(worker("a", { capacity: MAX_WORKER_CAPACITY + 1 })), RangeError);
+          const pages = Array.from({ length: MAX_WORKER_CAPACITY / 100 }, (_, p) =>
+            Array.from({ length: 100 }, (_, n) => job(`j${p * 100 + n}`)),
+          );
+          for (const page of pages) {
+            for (const result of await store.acquireMany(page)) assert.ok(result !== "held" && result.ok);
+          }
+          assert.deepEqual(await store.acquire(job("over")), { ok: false, code: "all_busy", healthy: 1, matching: 1 });
+          assert.deepEqual(await leaseCounts(store, ["a"]), { a: MAX_WORKER_CAPACITY });
         }),
       );
     });

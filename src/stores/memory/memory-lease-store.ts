@@ -5,6 +5,7 @@
 // Deliveries and publishes reach handlers asynchronously, in order.
 
 import {
+  assertCapacity,
   assertOnePool,
   blocksTheQueue,
   LeaseHeldError,
@@ -92,6 +93,7 @@ export function createMemoryLeaseStore(options: MemoryLeaseStoreOptions = {}): L
   };
 
   const setPlacement = (worker: PlacementWorker) => {
+    assertCapacity(worker);
     const entry = entryFor(worker.workerId);
     if (entry.placement) poolMembers.get(entry.placement.poolId)?.delete(worker.workerId);
     entry.placement = { ...worker, labels: [...worker.labels] };

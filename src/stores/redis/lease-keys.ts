@@ -7,8 +7,7 @@ export interface LeaseKeys {
   worker(workerId: string): string;
   workerLeases(workerId: string): string;
   poolHealthy(poolId: string): string;
-  poolAvail(poolId: string): string;
-  poolRoom(poolId: string): string;
+  poolFree(poolId: string): string;
   run(runId: string): string;
   leases: string;
   leaseExpiry: string;
@@ -17,6 +16,7 @@ export interface LeaseKeys {
   leasedWorkers: string;
   leaseSeq: string;
   epoch: string;
+  layout: string;
   /** The replica id is appended (inside the deliver script too). */
   deliveryChannelPrefix: string;
   channel(name: string): string;
@@ -28,8 +28,7 @@ export function leaseKeys(prefix: string): LeaseKeys {
     worker: (workerId) => `${prefix}worker:${workerId}`,
     workerLeases: (workerId) => `${prefix}worker-leases:${workerId}`,
     poolHealthy: (poolId) => `${prefix}pool-healthy:${poolId}`,
-    poolAvail: (poolId) => `${prefix}pool-avail:${poolId}`,
-    poolRoom: (poolId) => `${prefix}pool-room:${poolId}`,
+    poolFree: (poolId) => `${prefix}pool-free:${poolId}`,
     run: (runId) => `${prefix}run:${runId}`,
     leases: `${prefix}leases`,
     leaseExpiry: `${prefix}lease-expiry`,
@@ -38,6 +37,7 @@ export function leaseKeys(prefix: string): LeaseKeys {
     leasedWorkers: `${prefix}leased-workers`,
     leaseSeq: `${prefix}lease-seq`,
     epoch: `${prefix}epoch`,
+    layout: `${prefix}layout`,
     deliveryChannelPrefix: `${prefix}deliver:`,
     channel: (name) => `${prefix}channel:${name}`,
   };

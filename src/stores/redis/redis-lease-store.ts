@@ -14,7 +14,7 @@
 
 import { Redis } from "ioredis";
 import { silentLogger, type Logger } from "../../logger.ts";
-import { assertOnePool, LeaseHeldError, type Delivery, type LeaseInfo, type LeaseStore, type PlacementWorker } from "../lease-store.ts";
+import { assertCapacity, assertOnePool, LeaseHeldError, type Delivery, type LeaseInfo, type LeaseStore, type PlacementWorker } from "../lease-store.ts";
 import { createBytePublisher, newOrigin } from "./byte-fanout.ts";
 import { createChannelSubscriber } from "./channel-subscriber.ts";
 import { createHeartbeatBatcher } from "./heartbeat-batch.ts";
@@ -70,6 +70,7 @@ function joinLabels(labels: string[]): string {
 }
 
 function placementArgs(worker: PlacementWorker): (string | number)[] {
+  assertCapacity(worker);
   return [worker.poolId, worker.capacity, joinLabels(worker.labels), worker.acceptsWork ? "1" : "0"];
 }
 
@@ -100,11 +101,10 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
   // Heartbeats are recorded in batches, one script call per short window (heartbeat-batch.ts).
   const heartbeats = createHeartbeatBatcher(run, keys, options.heartbeatWindowMs);
 
-  /** The keys a placement decision reads and writes (KEYS[1..6] of acquire and acquire-many). */
+  /** The keys a placement decision reads and writes (KEYS[1..5] of acquire and acquire-many). */
   const placementKeys = (poolId: string) => [
     keys.poolHealthy(poolId),
-    keys.poolAvail(poolId),
-    keys.poolRoom(poolId),
+    keys.poolFree(poolId),
     keys.leases,
     keys.leaseExpiry,
     keys.leaseSeq,
@@ -114,8 +114,8 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
     async start() {
       try {
         await Promise.all([commands.connect(), subscriberConnection.connect()]);
-        // Data of an older version of the store, brought up to this layout (lua/upgrade-2.lua).
-        await run("upgrade", [keys.leases, keys.leasedWorkers], []);
+        // Data of an older version of the store, brought up to this layout (lua/upgrade-4.lua).
+        await run("upgrade", [keys.leases, keys.leasedWorkers, keys.heartbeats, keys.layout], [prefix]);
       } catch (error) {
         // No reconnect loop outlives a failed start.
         commands.disconnect();

@@ -1,19 +1,20 @@
 --[[
   Places a page of one pool's queue in one call: the requests are decided in
-  order, each exactly as acquire-7.lua decides one (includes/acquire), and
+  order, each exactly as acquire-6.lua decides one (includes/acquire), and
   each sees the leases taken by those before it. The walk stops after the
   first request without labels and without exclusivity that found every
   matching worker busy: the requests behind it could only take room that job
   is owed (priority, then FIFO). Requests with labels or exclusivity that
-  must wait do not stop it.
+  must wait do not stop it. What the call reads once for all its decisions
+  (pool-free's size, capacities, labels, lease-seq) is described in
+  includes/acquire.
 
   Input:
     KEYS[1] pool-healthy zset
-    KEYS[2] pool-avail zset
-    KEYS[3] pool-room set
-    KEYS[4] leases hash
-    KEYS[5] lease-expiry zset
-    KEYS[6] lease-seq counter
+    KEYS[2] pool-free zset
+    KEYS[3] leases hash
+    KEYS[4] lease-expiry zset
+    KEYS[5] lease-seq counter
     ARGV[1] key prefix
     ARGV[2] poolId
     ARGV[3] lease TTL (ms)
@@ -21,22 +22,23 @@
     ARGV[5..] per request: lease id, runId ("" for none), exclusive ("1"/"0"),
               number of labels n, then n labels
 
-  Output: one reply per request decided, in order, as acquire-7.lua's; fewer
+  Output: one reply per request decided, in order, as acquire-6.lua's; fewer
   replies than requests when the walk stopped.
 ]]
 --- @include "includes/acquire"
 
 local prefix = ARGV[1]
-local pool = {
-  prefix = prefix, poolId = ARGV[2],
-  healthyKey = KEYS[1], availKey = KEYS[2], roomKey = KEYS[3],
-  leasesKey = KEYS[4], expiryKey = KEYS[5], seqKey = KEYS[6],
-  now = nowMs(), leaseTtl = tonumber(ARGV[3]), runTtl = tonumber(ARGV[4]),
-}
+local leaseIds = {}
+local i = 5
+while i <= #ARGV do
+  leaseIds[#leaseIds + 1] = ARGV[i]
+  i = i + 4 + tonumber(ARGV[i + 3])
+end
+local pool = newPool(prefix, ARGV[2], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[3]), tonumber(ARGV[4]), leaseIds)
 purgeStale(pool)
 
 local replies = {}
-local i = 5
+i = 5
 while i <= #ARGV do
   local leaseId, runId, exclusive, n = ARGV[i], ARGV[i + 1], ARGV[i + 2] == "1", tonumber(ARGV[i + 3])
   local required = {}
@@ -52,4 +54,5 @@ while i <= #ARGV do
     break
   end
 end
+finishPool(pool)
 return replies

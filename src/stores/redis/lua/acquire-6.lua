@@ -5,23 +5,22 @@
   label, with room (leases < capacity, no exclusive lease), and for an
   exclusive request holding no lease at all. Among those: fewest leases; ties
   go to the worker that last served the run, then to the least recently
-  leased (pool-avail order: never-leased first, then by workerId).
+  leased (pool-free order: never-leased first, then by workerId).
 
-  Cost in the common case (no labels): the walk stops at the first or second
-  member of pool-avail, so the script does a fixed number of O(log n) calls
-  whatever the pool size or lease count. With labels: at most
-  LABELED_WALK_BUDGET members, else a scan of the smallest required label set
-  (and the counts intersect that set). Stale workers are purged from the
+  Cost in the common case (no labels): the walk reads the first two members
+  of pool-free, so the script does a fixed number of O(log n) calls whatever
+  the pool size or lease count (the list is in includes/acquire). With
+  labels: at most LABELED_WALK_BUDGET members, else a scan of the smallest
+  required label set (and the counts intersect that set). Stale workers are purged from the
   pool's sets here, each once.
 
   Input:
     KEYS[1] pool-healthy zset
-    KEYS[2] pool-avail zset
-    KEYS[3] pool-room set
-    KEYS[4] leases hash
-    KEYS[5] lease-expiry zset
-    KEYS[6] lease-seq counter
-    KEYS[7] run key: the run's last worker (unused when runId is empty)
+    KEYS[2] pool-free zset
+    KEYS[3] leases hash
+    KEYS[4] lease-expiry zset
+    KEYS[5] lease-seq counter
+    KEYS[6] run key: the run's last worker (unused when runId is empty)
     ARGV[1] key prefix
     ARGV[2] poolId
     ARGV[3] lease id ("<jobId>:<attempt>")
@@ -44,13 +43,10 @@ local required = {}
 for i = 8, #ARGV do
   required[#required + 1] = ARGV[i]
 end
-local pool = {
-  prefix = ARGV[1], poolId = ARGV[2],
-  healthyKey = KEYS[1], availKey = KEYS[2], roomKey = KEYS[3],
-  leasesKey = KEYS[4], expiryKey = KEYS[5], seqKey = KEYS[6],
-  now = nowMs(), leaseTtl = tonumber(ARGV[6]), runTtl = tonumber(ARGV[7]),
-}
+local pool = newPool(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 purgeStale(pool)
-return acquireOne(pool, {
-  leaseId = ARGV[3], runId = ARGV[4], runKey = KEYS[7], exclusive = ARGV[5] == "1", required = required,
+local reply = acquireOne(pool, {
+  leaseId = ARGV[3], runId = ARGV[4], runKey = KEYS[6], exclusive = ARGV[5] == "1", required = required,
 })
+finishPool(pool)
+return reply

@@ -195,17 +195,26 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     if (fresh) {
       const state = drain;
       drains.set(poolId, state);
+      const failed = (error: unknown) => logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
       state.loop = (async () => {
+        // A pass whose decisions left nothing queued behind them lets the
+        // next pass decide while its writes commit (see drainPass); at most
+        // one pass writes while the next decides.
+        let writing: Promise<void> | null = null;
         while (state.done < state.requested && !closed && !paused) {
           const covered = state.requested;
+          let pending: Promise<void> | null = null;
           try {
-            await drainOnce(poolId);
+            pending = (await drainOnce(poolId))?.writes ?? null;
           } catch (error) {
-            logger.error({ event: "drain_failed", poolId, err: error }, "placing queued jobs failed");
+            failed(error);
           }
+          if (writing !== null) await writing;
+          writing = pending === null ? null : pending.catch(failed);
           state.done = covered;
           state.waiters = state.waiters.filter((waiter) => (waiter.upTo <= covered ? (waiter.resolve(), false) : true));
         }
+        if (writing !== null) await writing;
         drains.delete(poolId);
         for (const waiter of state.waiters) waiter.resolve();
       })();
@@ -213,10 +222,11 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     return waited;
   }
 
-  async function drainOnce(poolId: string): Promise<void> {
+  /** One pass; returns its writes if they may commit while the next pass decides. */
+  async function drainOnce(poolId: string): Promise<Pending | null> {
     const taken = takeSubmissions(poolId);
     try {
-      await drainPass(poolId, taken);
+      return await drainPass(poolId, taken);
     } finally {
       // A submission the pass did not reach (it ended early, or failed: the
       // lease store may be unreachable) is inserted queued, as any job is
@@ -226,7 +236,16 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     }
   }
 
-  async function drainPass(poolId: string, taken: Submission[]): Promise<void> {
+  /**
+   * Places what the pool's queue and the new submissions allow. Returns the
+   * last page's writes still committing when the next pass may decide
+   * before they are done: the pass read the whole queue in one page and put
+   * no new job into the queue. Its assigned jobs then hold leases the next
+   * pass sees ("held"), and whatever stays queued was committed before this
+   * pass read it, so priority and FIFO order hold. Otherwise returns null,
+   * everything written.
+   */
+  async function drainPass(poolId: string, taken: Submission[]): Promise<Pending | null> {
     const pool = await cache.pool(poolId);
     if (pool === null) {
       await insertQueued(taken.splice(0));
@@ -234,7 +253,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {
         await fail(job, "no_healthy_worker", `worker pool ${poolId} was deleted`);
       }
-      return;
+      return null;
     }
     const route = routeJob({
       poolIsSpaceDefault: pool.isDefault,
@@ -261,15 +280,18 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
           await insertQueued(taken.splice(0));
         }
       }
-      if (queued.length === 0 || closed || paused) return;
+      if (queued.length === 0 || closed || paused) return null;
       if (route.kind === "pool") {
-        if ((await placePage(queued, pool, targetNames, fresh)) === "blocked") return;
+        const page = await placePage(queued, pool, targetNames, fresh);
+        if (wholeQueue && !page.queuedFresh) return { writes: page.writes };
+        await page.writes;
+        if (page.outcome === "blocked") return null;
       } else {
         for (const job of queued) {
-          if ((await placeElsewhere(job, route)) === "blocked") return;
+          if ((await placeElsewhere(job, route)) === "blocked") return null;
         }
       }
-      if (wholeQueue) return;
+      if (wholeQueue) return null;
       after = queued[queued.length - 1];
     }
   }
@@ -297,7 +319,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     pool: WorkerPoolRecord,
     targetNames: Map<string, string | null>,
     fresh: Map<string, Submission>,
-  ): Promise<"placed" | "blocked"> {
+  ): Promise<{ outcome: "placed" | "blocked"; writes: Promise<void>; queuedFresh: boolean }> {
     const choices = await leases.acquireMany(
       queued.map((job) => ({
         poolId: pool.id,
@@ -312,6 +334,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     const now = Date.now();
     let blocked = choices.length < queued.length;
     let storeHolds: boolean | undefined;
+    let queuedFresh = false;
     const writes: Array<Promise<unknown>> = [];
     for (let n = 0; n < choices.length; n++) {
       const job = queued[n]!;
@@ -345,6 +368,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         continue;
       }
       if (outcome.kind === "wait" && submission !== undefined) {
+        queuedFresh = true;
         writes.push(submission.settle(insert(submission.job, { patch: { workerReason: outcome.reason } })));
       } else if (outcome.kind === "wait" && job.workerReason !== outcome.reason) {
         writes.push(
@@ -363,10 +387,11 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       blocked = true;
       break;
     }
-    const settled = await Promise.allSettled(writes);
-    const failure = settled.find((result) => result.status === "rejected");
-    if (failure !== undefined) throw failure.reason;
-    return blocked ? "blocked" : "placed";
+    const written = Promise.allSettled(writes).then((settled) => {
+      const failure = settled.find((result) => result.status === "rejected");
+      if (failure !== undefined) throw failure.reason;
+    });
+    return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh };
   }
 
   /** Records the lease as the job's next attempt, then pushes the job to the worker's stream. */
@@ -532,6 +557,11 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       await Promise.allSettled([...drains.values()].map((drain) => drain.loop));
     },
   };
+}
+
+/** Writes still committing, wrapped: an async function cannot resolve to a promise. */
+interface Pending {
+  writes: Promise<void>;
 }
 
 /** A submitted job on its way into the pool's next pass. */

@@ -200,7 +200,11 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         // A pass whose decisions left nothing queued behind them lets the
         // next pass decide while its writes commit (see drainPass); at most
         // one pass writes while the next decides.
+        // Whoever waits for a pass is answered once its writes are done.
         let writing: Promise<void> | null = null;
+        const answer = (covered: number) => {
+          state.waiters = state.waiters.filter((waiter) => (waiter.upTo <= covered ? (waiter.resolve(), false) : true));
+        };
         while (state.done < state.requested && !closed && !paused) {
           const covered = state.requested;
           let pending: Promise<void> | null = null;
@@ -210,9 +214,13 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
             failed(error);
           }
           if (writing !== null) await writing;
-          writing = pending === null ? null : pending.catch(failed);
           state.done = covered;
-          state.waiters = state.waiters.filter((waiter) => (waiter.upTo <= covered ? (waiter.resolve(), false) : true));
+          if (pending === null) {
+            writing = null;
+            answer(covered);
+          } else {
+            writing = pending.catch(failed).then(() => answer(covered));
+          }
         }
         if (writing !== null) await writing;
         drains.delete(poolId);

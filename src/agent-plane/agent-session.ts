@@ -16,9 +16,11 @@
 // highest seq stored and the next seq it takes. A chunk below it is a
 // resend (acknowledged again), one above it follows a chunk that was not
 // stored and is dropped unacknowledged; the agent resends from its last
-// acknowledged seq. When Postgres fails (storing chunks, recording an
-// acceptance or a finish), nothing is acknowledged: the agent gets a
-// Rejection with UNAVAILABLE and retries, and the stream stays up.
+// acknowledged seq. A chunk taken goes to live followers at once, while it
+// is being stored; acknowledgements still follow storage (the trade-off is
+// described in src/scheduler/log-reader.ts). When Postgres fails (storing
+// chunks, recording an acceptance or a finish), nothing is acknowledged: the
+// agent gets a Rejection with UNAVAILABLE and retries, and the stream stays up.
 //
 // A stream that stops delivering is ended even if heartbeats still arrive:
 // writes to the agent blocked, or an assignment unacknowledged, for longer
@@ -161,6 +163,8 @@ export function runAgentSession(
   let chain: Promise<void> = Promise.resolve();
   let pending = 0;
   let pendingChunks: LogChunkRecord[] = [];
+  /** Chunks taken this turn, by job, not yet published to live followers. */
+  let livePending: Map<string, LogChunkRecord[]> | null = null;
   let flushing: Promise<void> | null = null;
   const progress = new Map<string, LogProgress>();
   /** Assignments sent and not yet acknowledged by any message about them: when each was sent. */
@@ -434,15 +438,40 @@ export function runAgentSession(
     }
     if (seq > entry.next) return;
     entry.next = seq + 1;
-    pendingChunks.push({
+    const record: LogChunkRecord = {
       jobId: chunk.jobId,
       attempt: chunk.attempt,
       seq,
       stream,
       data: chunk.data,
       time: chunk.time ? timestampDate(chunk.time) : new Date(),
-    });
+    };
+    pendingChunks.push(record);
     if (flushing === null) flushing = flushLoop();
+    // Live followers get the chunk now, in parallel with storing it, not
+    // after the commit: it is the next in sequence from the lease holder, and
+    // the agent resends it, same seq and bytes, until its storage is
+    // acknowledged. So what a follower sees live is stored, unless the
+    // attempt ends as lost first (see src/scheduler/log-reader.ts). The
+    // chunks taken in one turn of the event loop go out together, one
+    // message per job.
+    if (livePending === null) {
+      livePending = new Map();
+      setImmediate(publishLive);
+    }
+    const same = livePending.get(record.jobId);
+    if (same === undefined) livePending.set(record.jobId, [record]);
+    else same.push(record);
+  }
+
+  function publishLive(): void {
+    const batches = livePending ?? new Map<string, LogChunkRecord[]>();
+    livePending = null;
+    for (const [jobId, chunks] of batches) {
+      deps.events.logs(jobId, chunks).catch((error: unknown) => {
+        log.warn({ event: "log_publish_failed", jobId, err: error }, "publishing log chunks to live followers failed");
+      });
+    }
   }
 
   async function flushLoop(): Promise<void> {
@@ -453,22 +482,17 @@ export function runAgentSession(
         pendingChunks = [];
         await db.logs.append(batch);
         deps.onLogChunks?.(batch.length);
-        const highest = new Map<string, { jobId: string; attempt: number; seq: number; chunks: LogChunkRecord[] }>();
+        const highest = new Map<string, { jobId: string; attempt: number; seq: number }>();
         for (const chunk of batch) {
           const k = key(chunk.jobId, chunk.attempt);
-          const entry = highest.get(k) ?? { jobId: chunk.jobId, attempt: chunk.attempt, seq: 0, chunks: [] };
+          const entry = highest.get(k) ?? { jobId: chunk.jobId, attempt: chunk.attempt, seq: 0 };
           entry.seq = Math.max(entry.seq, chunk.seq);
-          entry.chunks.push(chunk);
           highest.set(k, entry);
         }
         for (const [k, entry] of highest) {
           const known = progress.get(k);
           if (known !== undefined) known.stored = Math.max(known.stored, entry.seq);
           send({ case: "ack", value: { jobId: entry.jobId, attempt: entry.attempt, seq: BigInt(entry.seq), finished: false } });
-          // Live followers only: the chunks are stored, and a follower that misses them reads them from Postgres.
-          deps.events.logs(entry.jobId, entry.chunks).catch((error: unknown) => {
-            log.warn({ event: "log_publish_failed", jobId: entry.jobId, err: error }, "publishing log chunks to live followers failed");
-          });
         }
         batch = [];
       }

@@ -110,3 +110,101 @@ test("a follower that does not read while megabytes arrive gets every chunk once
   }
   assert.deepEqual(seqs, Array.from({ length: 25 }, (_, i) => i + 1));
 });
+
+// Chunks are published when the server receives them, before they are stored
+// (agent-session.ts); the tests below publish first and store later.
+
+const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test("live chunks reach a follower before they are stored", async () => {
+  const state = { job: { state: "running" } as Partial<JobRecord>, stored: [] as LogChunkRecord[] };
+  const { db } = fakeDb(state);
+  const events = createJobEvents(createMemoryLeaseStore());
+  const reader = readLogs(db, events, { jobId, attempt: 0, fromSeq: 0, follow: true, signal: new AbortController().signal });
+  const first = reader.next();
+  await tick(10);
+  await events.logs(jobId, [chunk(1)]);
+  assert.equal((await first).value?.seq, 1, "the chunk arrived live while the store held nothing");
+  await events.logs(jobId, [chunk(2)]);
+  assert.equal((await reader.next()).value?.seq, 2);
+  state.stored.push(chunk(1), chunk(2));
+  state.job.state = "succeeded";
+  await events.changed(jobId, "succeeded");
+  assert.equal((await reader.next()).done, true);
+});
+
+test("a follower that joins while chunks are published but not yet stored gets each chunk once, in order", async () => {
+  const state = { job: { state: "running" } as Partial<JobRecord>, stored: [chunk(1), chunk(2)] };
+  const { db, calls } = fakeDb(state);
+  const events = createJobEvents(createMemoryLeaseStore());
+  // Chunks 3 and 4 were published before the follower listened and are still being stored.
+  await events.logs(jobId, [chunk(3)]);
+  await events.logs(jobId, [chunk(4)]);
+  const seqs: number[] = [];
+  const reading = (async () => {
+    for await (const c of readLogs(db, events, { jobId, attempt: 0, fromSeq: 0, follow: true, signal: new AbortController().signal })) seqs.push(c.seq);
+  })();
+  await tick(10);
+  // Live from here: 5 and 6 arrive while 3 and 4 are missing.
+  await events.logs(jobId, [chunk(5)]);
+  await events.logs(jobId, [chunk(6)]);
+  await tick(60);
+  assert.deepEqual(seqs, [1, 2], "nothing past the hole is sent before the hole is filled");
+  const readsWhileWaiting = calls.logReads;
+  state.stored.push(chunk(3), chunk(4));
+  await tick(300);
+  assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6], "the hole came from the store and the live chunks after it from the buffer");
+  assert.ok(calls.logReads - readsWhileWaiting <= 4, `the store was read ${calls.logReads - readsWhileWaiting} times once the hole was stored`);
+  // Resends (the agent sends unacknowledged chunks again, e.g. after a reconnect) are dropped.
+  await events.logs(jobId, [chunk(5)]);
+  await events.logs(jobId, [chunk(6)]);
+  await events.logs(jobId, [chunk(7)]);
+  await tick(10);
+  state.stored.push(chunk(5), chunk(6), chunk(7));
+  state.job.state = "succeeded";
+  await events.changed(jobId, "succeeded");
+  await reading;
+  assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6, 7]);
+});
+
+test("a hole that is never stored (the attempt was lost) ends the follow at the hole, without a gap", async () => {
+  const state = { job: { state: "running" } as Partial<JobRecord>, stored: [chunk(1)] };
+  const { db } = fakeDb(state);
+  const events = createJobEvents(createMemoryLeaseStore());
+  await events.logs(jobId, [chunk(2)]); // published, never stored
+  const seqs: number[] = [];
+  const reading = (async () => {
+    for await (const c of readLogs(db, events, { jobId, attempt: 1, fromSeq: 0, follow: true, signal: new AbortController().signal })) seqs.push(c.seq);
+  })();
+  await tick(10);
+  await events.logs(jobId, [chunk(3)]);
+  await tick(100);
+  assert.deepEqual(seqs, [1]);
+  // The lease expired: the job moves on to attempt 2.
+  state.job.attempt = 2;
+  await events.changed(jobId, "queued");
+  await reading;
+  assert.deepEqual(seqs, [1], "chunk 3 was not sent across the hole at 2");
+});
+
+test("a follower that gets a live chunk stored later does not get it twice", async () => {
+  const state = { job: { state: "running" } as Partial<JobRecord>, stored: [] as LogChunkRecord[] };
+  const { db } = fakeDb(state);
+  const events = createJobEvents(createMemoryLeaseStore());
+  const seqs: number[] = [];
+  const reading = (async () => {
+    for await (const c of readLogs(db, events, { jobId, attempt: 0, fromSeq: 0, follow: true, signal: new AbortController().signal })) seqs.push(c.seq);
+  })();
+  await tick(10);
+  for (let seq = 1; seq <= 20; seq++) {
+    await events.logs(jobId, [chunk(seq)]);
+    // Stored a few chunks behind the live edge.
+    if (seq > 3) state.stored.push(chunk(seq - 3));
+    await tick(1);
+  }
+  state.stored.push(chunk(18), chunk(19), chunk(20));
+  state.job.state = "succeeded";
+  await events.changed(jobId, "succeeded");
+  await reading;
+  assert.deepEqual(seqs, Array.from({ length: 20 }, (_, i) => i + 1));
+});

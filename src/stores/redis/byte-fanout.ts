@@ -2,17 +2,20 @@
 //
 // Handlers on this replica get the payload directly, never through Redis.
 // Redis gets it only when another replica subscribes to the channel: PUBSUB
-// NUMSUB, sent after the caller stored what it publishes, counts the
-// channel's subscribers, and this replica's own subscription is subtracted
+// NUMSUB, sent with each publish, counts the channel's subscribers, and
+// this replica's own subscription is subtracted
 // only when it is certainly among them (channel-subscriber.ts). So a job's
 // log bytes cross Redis once per chunk when someone on another replica
 // follows it, and not at all otherwise.
 //
-// Nothing is missed by a follower that subscribes meanwhile. Redis runs one
+// Nothing is lost for a follower that subscribes meanwhile. Redis runs one
 // command at a time: if the follower's SUBSCRIBE came before the NUMSUB, the
 // count includes it and the PUBLISH follows; if it came after, the follower
-// reads Postgres only once its SUBSCRIBE is confirmed, which is after the
-// chunks were stored, so it finds them there.
+// did not get those chunks live. Chunks are published while they are being
+// stored, so they may not be in Postgres yet when it reads; the reader
+// notices the hole (the next live chunk's seq, the job's end, or its
+// periodic recheck) and reads it from Postgres once stored
+// (src/scheduler/log-reader.ts).
 
 import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";

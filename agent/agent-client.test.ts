@@ -3,21 +3,10 @@
 // instead of failing it at once.
 
 import assert from "node:assert/strict";
-import { createServer } from "node:net";
 import { test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
+import { freePort } from "../test/support/net.ts";
 import { channelReady } from "./agent-client.ts";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function startGrpcServer(port: number): Promise<grpc.Server> {
   const server = new grpc.Server();

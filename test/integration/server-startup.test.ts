@@ -6,7 +6,6 @@
 
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -26,19 +25,10 @@ import { grpcJsServiceDefinition } from "../../src/grpc/grpcjs-service.ts";
 import { silentLogger } from "../../src/logger.ts";
 import { startServer, type MusterServer } from "../../src/server.ts";
 import { startTcpProxy, type TcpProxy } from "../faults/harness/tcp-proxy.ts";
+import { freePort } from "../support/net.ts";
 import { createTestSchema, TEST_DATABASE_URL, type TestSchema } from "../support/postgres.ts";
 import { deleteKeysWithPrefix, REDIS_URL, requireRedis, uniqueKeyPrefix } from "../support/redis.ts";
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 const HealthClient = grpc.makeGenericClientConstructor(grpcJsServiceDefinition(Health), "Health");
 

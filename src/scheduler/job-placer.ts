@@ -22,10 +22,12 @@ import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
 import type { AttemptRecord, JobRecord, WorkerPoolRecord } from "../domain.ts";
 import { queuedJobRecord, type Database, type NewJob } from "../stores/database.ts";
-import type { LeaseStore } from "../stores/lease-store.ts";
+import type { AcquireRequest, LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
 import type { JobEvents } from "./job-events.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
+
+type AcquireChoices = Awaited<ReturnType<LeaseStore["acquireMany"]>>;
 
 /** Queued jobs read per pass. */
 const DRAIN_BATCH = 64;
@@ -90,6 +92,8 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   };
   // Per pool: submitted jobs not yet inserted, waiting for the pool's next pass.
   const submissions = new Map<string, Submission[]>();
+  // Pools whose queue was empty when this replica last read it (a hint for drainPass).
+  const queueSeenEmpty = new Set<string>();
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
@@ -276,21 +280,51 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     // are passed over; the first plain job that cannot be placed ends the pass.
     let after: JobRecord | undefined;
     for (;;) {
-      let queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      // When the pool's queue was empty at its last read, the new jobs are
+      // likely the whole queue: their leases are taken while the queue is
+      // read, not after, which takes one round trip off a submit's way to
+      // its worker. Should the queue hold jobs after all, those leases go
+      // back before the page is decided as usual.
+      let early: { jobs: JobRecord[]; choices: Promise<AcquireChoices> } | null = null;
+      if (after === undefined && taken.length > 0 && route.kind === "pool" && queueSeenEmpty.has(poolId) && !closed && !paused) {
+        const jobs = taken.map((submission) => queuedJobRecord(submission.job)).sort(queueOrder);
+        early = { jobs, choices: leases.acquireMany(jobs.map((job) => acquireRequest(job, pool))) };
+        early.choices.catch(() => {}); // awaited below, after the read: not an unhandled rejection meanwhile
+      }
+      let queued: JobRecord[];
+      try {
+        queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      } catch (error) {
+        if (early !== null) await releaseChoices(early.jobs, early.choices);
+        throw error;
+      }
       const wholeQueue = queued.length < DRAIN_BATCH;
+      if (after === undefined) {
+        if (wholeQueue && queued.length === 0) queueSeenEmpty.add(poolId);
+        else queueSeenEmpty.delete(poolId);
+      }
+      let chosen: Promise<AcquireChoices> | undefined;
+      if (early !== null) {
+        if (queued.length === 0 && !closed && !paused) chosen = early.choices;
+        else await releaseChoices(early.jobs, early.choices);
+      }
       let fresh = new Map<string, Submission>();
       if (after === undefined && taken.length > 0) {
         if (wholeQueue && !closed && !paused) {
           // The whole queue is in this page: new jobs take their places in it.
           fresh = new Map(taken.map((submission) => [submission.job.id, submission]));
-          queued = [...queued, ...taken.map((submission) => queuedJobRecord(submission.job))].sort(queueOrder);
+          queued =
+            chosen !== undefined && early !== null
+              ? early.jobs
+              : [...queued, ...taken.map((submission) => queuedJobRecord(submission.job))].sort(queueOrder);
         } else {
           await insertQueued(taken.splice(0));
         }
       }
       if (queued.length === 0 || closed || paused) return null;
       if (route.kind === "pool") {
-        const page = await placePage(queued, pool, targetNames, fresh);
+        const page = await placePage(queued, pool, targetNames, fresh, chosen);
+        if (page.queuedFresh) queueSeenEmpty.delete(poolId);
         if (wholeQueue && !page.queuedFresh) return { writes: page.writes };
         await page.writes;
         if (page.outcome === "blocked") return null;
@@ -327,18 +361,9 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     pool: WorkerPoolRecord,
     targetNames: Map<string, string | null>,
     fresh: Map<string, Submission>,
+    chosen?: Promise<AcquireChoices>,
   ): Promise<{ outcome: "placed" | "blocked"; writes: Promise<void>; queuedFresh: boolean }> {
-    const choices = await leases.acquireMany(
-      queued.map((job) => ({
-        poolId: pool.id,
-        jobId: job.id,
-        attempt: job.attempt + 1,
-        runId: job.runId,
-        requiredLabels: job.requiredLabels,
-        exclusive: job.exclusive,
-        leaseTtlMs: options.leaseTtlMs,
-      })),
-    );
+    const choices = await (chosen ?? leases.acquireMany(queued.map((job) => acquireRequest(job, pool))));
     const now = Date.now();
     let blocked = choices.length < queued.length;
     let storeHolds: boolean | undefined;
@@ -400,6 +425,31 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       if (failure !== undefined) throw failure.reason;
     });
     return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh };
+  }
+
+  function acquireRequest(job: JobRecord, pool: WorkerPoolRecord): AcquireRequest {
+    return {
+      poolId: pool.id,
+      jobId: job.id,
+      attempt: job.attempt + 1,
+      runId: job.runId,
+      requiredLabels: job.requiredLabels,
+      exclusive: job.exclusive,
+      leaseTtlMs: options.leaseTtlMs,
+    };
+  }
+
+  /** Gives back the leases an early acquire took (see drainPass). */
+  async function releaseChoices(jobs: JobRecord[], choices: Promise<AcquireChoices>): Promise<void> {
+    let taken: AcquireChoices;
+    try {
+      taken = await choices;
+    } catch {
+      return; // nothing was taken (the store is unreachable, say)
+    }
+    await Promise.all(
+      taken.map((choice, n) => (choice !== "held" && choice.ok ? leases.release(jobs[n]!.id, jobs[n]!.attempt + 1) : undefined)),
+    );
   }
 
   /** Records the lease as the job's next attempt, then pushes the job to the worker's stream. */

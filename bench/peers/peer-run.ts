@@ -74,6 +74,16 @@ async function openLoop(system: PeerName, size: Record<string, number>, run: num
     await worker.call("start", { ctx, workers: size.workers, slots: size.slots });
     await producer.call("start", { ctx });
     let expected = 0;
+    if (size.warmupMs > 0 && size.warmupRate > 0) {
+      // Warm-up phase, not measured (bench/scenarios/s3-latency.ts).
+      const w = await producer.call<{ submitted: unknown[]; errors: number }>(
+        "open",
+        { rate: size.warmupRate, durationMs: size.warmupMs, namePrefix: "warm" },
+        600_000,
+      );
+      expected += w.submitted.length - w.errors;
+      await worker.call("waitFor", { completed: expected, timeoutMs: 60_000 }, 70_000);
+    }
     for (const rate of rates) {
       const figure = emptyFigure("s3", system, `${rate}/s`, run);
       const window = await openWindow([worker, producer]);

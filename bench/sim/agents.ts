@@ -368,6 +368,14 @@ serveCommands({
     streamErrors = 0;
     return stats();
   },
+  /** Resets the log counters a log run is judged by (after a warm-up phase). */
+  resetLogCounters() {
+    logBytesSent = 0;
+    logChunksSent = 0;
+    firstLogAt = 0;
+    lastFinishAckAt = 0;
+    return stats();
+  },
   async waitFor(args: { connected?: number; adopted?: number; finished?: number; assigned?: number; running?: number; timeoutMs: number }) {
     await waitUntil(
       () => {

@@ -1,0 +1,86 @@
+// The batched transition statement (job-batches.ts) must find its jobs by
+// the primary key. PostgreSQL takes jsonb_to_recordset for 100 rows; with
+// that estimate it chose to scan a jobs table of a few thousand rows whole,
+// dead rows included, on every batch (every accept, finish, requeue), which
+// made the database the busiest process of a scheduler under load.
+
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, test } from "node:test";
+import { MikroORM } from "@mikro-orm/postgresql";
+import { transitionBatchStatement, type TransitionItem } from "../../src/stores/postgres/job-batches.ts";
+import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
+import { createTestDatabase, TEST_DATABASE_URL, type TestDatabase } from "../support/postgres.ts";
+
+const JOBS = 5000;
+
+let t: TestDatabase;
+let orm: MikroORM;
+
+before(async () => {
+  t = await createTestDatabase({ label: "plans" });
+  orm = await MikroORM.init({ clientUrl: TEST_DATABASE_URL, entities: [], discovery: { warnWhenNoEntities: false }, pool: { min: 0, max: 1 } });
+});
+
+after(async () => {
+  await orm?.close(true);
+  await t?.cleanup();
+});
+
+/** The statement with its $n parameters written in as literals (text, or arrays of text). */
+function inline(sql: string, params: unknown[]): string {
+  return sql.replace(/\$(\d+)/g, (_, n: string) => {
+    const value = params[Number(n) - 1];
+    const text = Array.isArray(value) ? `{${value.join(",")}}` : String(value);
+    return `'${text.replaceAll("'", "''")}'`;
+  });
+}
+
+test("a batch of transitions reads the jobs it changes by id, not by scanning the table", async () => {
+  const pool = await t.db.pools.create({ space: "plans", name: "p", description: "" });
+  const now = Date.now();
+  const jobs = await Promise.all(
+    Array.from({ length: JOBS }, (_, n) =>
+      t.db.jobs.create({
+        id: randomUUID(),
+        space: "plans",
+        name: `job-${n}`,
+        script: "true",
+        env: {},
+        requestedPoolId: pool.id,
+        targetId: null,
+        runId: "",
+        requiredLabels: [],
+        priority: 0,
+        exclusive: false,
+        timeoutMs: null,
+        queueTimeoutMs: null,
+        maxAttempts: 1,
+        resolvedPoolId: pool.id,
+        poolRule: "explicit",
+        poolReason: "asked for it",
+        queueDeadline: null,
+        createdAt: new Date(now + n),
+      }),
+    ),
+  );
+  await orm.em.fork().getConnection().execute(`analyze ${quoteIdentifier(t.schema)}.jobs`);
+
+  const table = (name: string) => `${quoteIdentifier(t.schema)}.${quoteIdentifier(name)}`;
+  const items: TransitionItem[] = jobs.slice(0, 3).map((job) => ({
+    jobId: job.id,
+    fence: { states: ["queued"], attempt: 0 },
+    patch: { state: "assigned", attempt: 1, workerId: randomUUID() },
+    change: undefined,
+  }));
+  const { sql, params } = transitionBatchStatement(table("jobs"), table("job_attempts"), items);
+  const explained = await orm.em.fork().getConnection().execute<Array<{ "QUERY PLAN": string }>>(`explain ${inline(sql, params)}`);
+  const shown = explained.map((row) => row["QUERY PLAN"]).join("\n");
+  assert.doesNotMatch(shown, /Seq Scan on jobs/, `the statement scans the jobs table:\n${shown}`);
+
+  // And it still does what it did: the three jobs, and only they, change.
+  const changed = await orm.em.fork().getConnection().execute<Array<{ id: string; state: string }>>(inline(sql, params));
+  assert.deepEqual(changed.map((row) => row.id).sort(), items.map((item) => item.jobId).sort());
+  assert.ok(changed.every((row) => row.state === "assigned"));
+  assert.equal((await t.db.jobs.queueStats(pool.id)).queued, JOBS - 3);
+});

@@ -224,12 +224,18 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     many: insertMany,
   });
 
+  // Transitions are planned on every execution, not prepared once: a
+  // generic plan made while the jobs table was small (a new install, the
+  // first minute after start) scans the table whole, and PostgreSQL keeps
+  // it until the table is next analyzed, however big it grows meanwhile.
+  const TRANSITION_QUERY = { prepared: false };
+
   /** One transition, one statement. */
   const transitionOne = async (item: TransitionItem): Promise<JobRecord | null> => {
     const { sql, params } = transitionBatchStatement(jobs, attempts, [item]);
     let rows: JobDbRow[];
     try {
-      ({ rows } = await ctx.query<JobDbRow>(sql, params));
+      ({ rows } = await ctx.query<JobDbRow>(sql, params, TRANSITION_QUERY));
     } catch (error) {
       const insert = item.change?.insert;
       if (insert === undefined) throw error;
@@ -245,7 +251,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     one: transitionOne,
     async many(items) {
       const { sql, params } = transitionBatchStatement(jobs, attempts, items);
-      const { rows } = await ctx.query<JobDbRow>(sql, params);
+      const { rows } = await ctx.query<JobDbRow>(sql, params, TRANSITION_QUERY);
       const byId = new Map(rows.map((row) => [row.id, row]));
       return items.map((item) => {
         const row = byId.get(item.jobId.toLowerCase()); // uuids come back in lower case

@@ -29,8 +29,14 @@ export interface StoreContext {
    * (MikroORM's type overrides), bigint as strings on pg, bytea as Buffer on pg
    * and Uint8Array on PGlite. Driver errors (with their SQLSTATE `code`) pass
    * through unconverted, as from QueryBuilder.execute().
+   *
+   * `prepared: false` runs the statement unnamed even where statements are
+   * prepared: PostgreSQL then plans it for its parameters on every
+   * execution, where a prepared statement settles on one generic plan. For
+   * statements whose best plan depends on how many rows they are given and
+   * how big the table has grown since the plan was made.
    */
-  query<R = Record<string, unknown>>(sql: string, params: readonly unknown[]): Promise<RawResult<R>>;
+  query<R = Record<string, unknown>>(sql: string, params: readonly unknown[], options?: { prepared?: boolean }): Promise<RawResult<R>>;
 }
 
 /**
@@ -81,12 +87,12 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     return name;
   };
 
-  const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[]) => {
+  const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[], prepared: boolean) => {
     if (options.preparedStatements) {
       pool ??= await (conn as unknown as { getNativeClient(): Promise<NativePool> }).getNativeClient();
       let result;
       try {
-        result = await pool.query({ name: nameOf(sql), text: sql, values: params as unknown[] });
+        result = await pool.query({ name: prepared ? nameOf(sql) : undefined, text: sql, values: params as unknown[] });
       } catch (error) {
         if ((error as { code?: unknown }).code !== CACHED_PLAN_CHANGED) throw error;
         // A migration (another replica's, in a rolling upgrade) changed a
@@ -107,7 +113,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     return { rows: result.rows, affectedRows: affected === undefined ? undefined : Number(affected) };
   };
 
-  const query = async <R>(sql: string, params: readonly unknown[]): Promise<RawResult<R>> => {
+  const query = async <R>(sql: string, params: readonly unknown[], queryOptions?: { prepared?: boolean }): Promise<RawResult<R>> => {
     if (connection === undefined || logger === undefined) {
       const em = fork();
       connection = em.getConnection("write");
@@ -116,7 +122,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     const started = Date.now();
     let result;
     try {
-      result = await execute(connection, sql, params);
+      result = await execute(connection, sql, params, queryOptions?.prepared ?? true);
     } catch (error) {
       // Failures are logged like MikroORM's own: always, at error level.
       logger.logQuery({ query: sql, took: Date.now() - started, level: "error" });

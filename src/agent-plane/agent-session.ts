@@ -396,13 +396,14 @@ export function runAgentSession(
     lastHeartbeatAt = receivedAt;
     if (wasStale && poolId !== "") void deps.placer.drainPool(poolId);
     if (draining_ && !draining) {
-      log.info({ event: "agent_draining" }, "agent is shutting down: no new work");
       try {
         const current = await db.workers.get(worker.id);
         if (current !== null) {
           await leases.updateWorker({ workerId: worker.id, poolId: current.poolId, capacity: current.capacity, labels: current.labels, acceptsWork: false });
         }
         draining = true;
+        // Said once it is so: from here on, placement passes it over.
+        log.info({ event: "agent_draining" }, "agent is shutting down: no new work");
       } catch (error) {
         // The next heartbeat tries again; the stream stays up.
         log.warn({ event: "agent_drain_record_failed", err: error }, "recording that the agent drains failed");

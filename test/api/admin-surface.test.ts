@@ -25,6 +25,7 @@ import { grpcJsServiceDefinition } from "../../src/grpc/grpcjs-service.ts";
 import { silentLogger } from "../../src/logger.ts";
 import { startServer, type MusterServer } from "../../src/server.ts";
 import { createTestSchema, type TestSchema } from "../support/postgres.ts";
+import { waitUntil as waitFor } from "../support/wait.ts";
 
 async function code(promise: Promise<unknown>): Promise<Code> {
   try {
@@ -72,15 +73,7 @@ describe("admin surface", () => {
 
   const space = () => `s-${randomUUID().slice(0, 8)}`;
 
-  async function waitUntil<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await sleep(25);
-    }
-  }
+  const waitUntil = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000) => waitFor(what, probe, timeoutMs, 25);
 
   async function startWorker(token: string): Promise<Agent> {
     const name = `w-${randomUUID().slice(0, 8)}`;

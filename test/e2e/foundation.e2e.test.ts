@@ -16,6 +16,7 @@ import { WorkerPoolService } from "../../gen/muster/v1/worker_pool_pb.js";
 import { createTestSchema, type TestSchema } from "../support/postgres.ts";
 import { deleteKeysWithPrefix, requireRedis, uniqueKeyPrefix } from "../support/redis.ts";
 import { startAgent, startServer, stopAll, type ManagedProcess, type ServerProcess } from "../support/processes.ts";
+import { waitUntil as waitFor } from "../support/wait.ts";
 
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
 
@@ -58,15 +59,7 @@ describe("foundation end to end (Postgres + Redis, real processes)", () => {
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
-  async function waitUntil<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await sleep(100);
-    }
-  }
+  const waitUntil = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000) => waitFor(what, probe, timeoutMs, 100);
 
   function agent(name: string, token: string | null): ManagedProcess {
     const args = ["--url", server.agent, "--name", name, "--capacity", "2", "--state-dir", path.join(dir, name)];

@@ -26,6 +26,7 @@ import { createTestSchema, type TestSchema } from "../support/postgres.ts";
 import { deleteKeysWithPrefix, REDIS_URL, requireRedis, uniqueKeyPrefix } from "../support/redis.ts";
 import { startAgent, startServer, stopAll, type ManagedProcess, type ServerProcess } from "../support/processes.ts";
 import { startFakeAgent } from "../faults/harness/fake-agent.ts";
+import { waitUntil as waitFor } from "../support/wait.ts";
 
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
 const CAPACITY = 2;
@@ -42,15 +43,7 @@ interface Replica {
   jobs: Client<typeof JobService>;
 }
 
-async function waitUntil<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const waitUntil = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000) => waitFor(what, probe, timeoutMs, 50);
 
 describe("two server replicas on one Postgres and one Redis", () => {
   let schema: TestSchema;

@@ -14,7 +14,6 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -27,6 +26,7 @@ import { loadConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/logger.ts";
 import { startServer, type MusterServer } from "../../src/server.ts";
 import { createTestSchema, type TestSchema } from "../support/postgres.ts";
+import { waitUntil } from "../support/wait.ts";
 
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
 
@@ -67,16 +67,6 @@ after(async () => {
   await schema?.drop();
   if (dir !== undefined) await rm(dir, { recursive: true, force: true });
 });
-
-async function waitUntil<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 test("a job another replica queued is placed before a newer job, though the queue was empty at the last look", async () => {
   const a = await start("a");

@@ -23,6 +23,7 @@ import { loadConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/logger.ts";
 import { startServer, type MusterServer } from "../../src/server.ts";
 import { createTestSchema, type TestSchema } from "../support/postgres.ts";
+import { waitUntil } from "../support/wait.ts";
 
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
 
@@ -103,16 +104,6 @@ describe("placement rules", () => {
 
   async function tokenFor(poolId: string): Promise<string> {
     return (await h.pools.createRegistrationToken({ workerPoolId: poolId })).token;
-  }
-
-  async function waitUntil<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await sleep(50);
-    }
   }
 
   async function finished(id: string): Promise<Job> {

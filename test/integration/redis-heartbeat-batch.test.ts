@@ -121,8 +121,8 @@ describe("redis heartbeats, counted on a private redis-server", () => {
     const placed = await old.acquire({ poolId: POOL, jobId: "j", attempt: 1, runId: "", requiredLabels: [], exclusive: false, leaseTtlMs: 400 });
     assert.ok(placed.ok);
     await old.close();
-    // As an older store left it.
-    await info.del(`${keyPrefix}leased-workers`);
+    // As an older store left it: no leased-workers set, no layout mark.
+    await info.del(`${keyPrefix}leased-workers`, `${keyPrefix}layout`);
     const store = createRedisLeaseStore({ url: redis.url, keyPrefix });
     await store.start();
     try {

@@ -130,62 +130,78 @@ describe("redis lease store layout", () => {
     }
   });
 
-  test("data in the layout before pool-free is brought over at start, selection order kept", async () => {
-    const prefix = uniqueKeyPrefix("lease-layout");
-    prefixes.push(prefix);
-    const now = Number((await redis.time())[0]) * 1000;
-    const sel = (seq: number, id: string) => `${String(seq).padStart(16, "0")}:${id}`;
-    // As the older store left them: a, b, c attached with one lease each
-    // (a leased last, then c, then b), d never leased; c is full.
-    const old: Record<string, { seq: number; leases: number; capacity: number }> = {
-      a: { seq: 9, leases: 1, capacity: 3 },
-      b: { seq: 4, leases: 1, capacity: 3 },
-      c: { seq: 7, leases: 1, capacity: 1 },
-      d: { seq: 0, leases: 0, capacity: 3 },
-    };
-    for (const [id, w] of Object.entries(old)) {
-      await redis.hset(`${prefix}worker:${id}`, {
-        pool: POOL, capacity: w.capacity, labels: "\n\n", accepts: "1", session: "s", replica: "r", hbTtl: TTL_MS, leases: w.leases, sel: sel(w.seq, id),
-      });
-      await redis.hset(`${prefix}sessions`, id, "s");
-      await redis.zadd(`${prefix}heartbeats`, now + TTL_MS, id);
-      await redis.zadd(`${prefix}pool-healthy:${POOL}`, now + TTL_MS, id);
-      if (w.leases > 0) {
-        await redis.hset(`${prefix}leases`, `old-${id}:1`, id);
-        await redis.zadd(`${prefix}lease-expiry`, now + TTL_MS, `old-${id}:1`);
-        await redis.sadd(`${prefix}worker-leases:${id}`, `old-${id}:1`);
+  // The two layouts before pool-free: the first kept a session's freshness
+  // in its worker hash ("hb"); the next one (heartbeat batches) in the
+  // heartbeats zset, with sessions in a hash. Both had pool-avail, pool-room
+  // and sel.
+  for (const layout of ["freshness in the worker hash", "the heartbeats zset"] as const) {
+    test(`data in the layout before pool-free (${layout}) is brought over at start, selection order kept`, async () => {
+      const prefix = uniqueKeyPrefix("lease-layout");
+      prefixes.push(prefix);
+      const now = Number((await redis.time())[0]) * 1000;
+      const sel = (seq: number, id: string) => `${String(seq).padStart(16, "0")}:${id}`;
+      // As the older store left them: a, b, c attached with one lease each
+      // (a leased last, then c, then b), d never leased; c is full.
+      const old: Record<string, { seq: number; leases: number; capacity: number }> = {
+        a: { seq: 9, leases: 1, capacity: 3 },
+        b: { seq: 4, leases: 1, capacity: 3 },
+        c: { seq: 7, leases: 1, capacity: 1 },
+        d: { seq: 0, leases: 0, capacity: 3 },
+      };
+      for (const [id, w] of Object.entries(old)) {
+        const fields = { pool: POOL, capacity: w.capacity, labels: "\n\n", accepts: "1", session: "s", replica: "r", hbTtl: TTL_MS, leases: w.leases, sel: sel(w.seq, id) };
+        if (layout === "the heartbeats zset") {
+          await redis.hset(`${prefix}worker:${id}`, fields);
+          await redis.hset(`${prefix}sessions`, id, "s");
+          await redis.zadd(`${prefix}heartbeats`, now + TTL_MS, id);
+        } else {
+          await redis.hset(`${prefix}worker:${id}`, { ...fields, hb: now });
+        }
+        await redis.zadd(`${prefix}pool-healthy:${POOL}`, now + TTL_MS, id);
+        if (w.leases > 0) {
+          await redis.hset(`${prefix}leases`, `old-${id}:1`, id);
+          await redis.zadd(`${prefix}lease-expiry`, now + TTL_MS, `old-${id}:1`);
+          await redis.sadd(`${prefix}worker-leases:${id}`, `old-${id}:1`);
+        }
+        if (w.leases < w.capacity) {
+          await redis.zadd(`${prefix}pool-avail:${POOL}`, w.leases, sel(w.seq, id));
+          await redis.sadd(`${prefix}pool-room:${POOL}`, id);
+        }
       }
-      if (w.leases < w.capacity) {
-        await redis.zadd(`${prefix}pool-avail:${POOL}`, w.leases, sel(w.seq, id));
-        await redis.sadd(`${prefix}pool-room:${POOL}`, id);
-      }
-    }
-    await redis.set(`${prefix}lease-seq`, 9);
+      await redis.set(`${prefix}lease-seq`, 9);
 
-    const store = createRedisLeaseStore({ url: REDIS_URL, keyPrefix: prefix });
-    await store.start();
-    try {
-      assert.equal(await redis.exists(`${prefix}pool-avail:${POOL}`, `${prefix}pool-room:${POOL}`), 0, "old sets deleted");
-      assert.equal(await redis.hexists(`${prefix}worker:a`, "sel"), 0);
-      assert.equal(await redis.get(`${prefix}layout`), "3");
-      await assertIndexAgrees(prefix, ["a", "b", "c", "d"]);
-      assert.deepEqual(await freeIndex(prefix), { a: [1, 9], b: [1, 4], d: [0, 0] });
-      // d (no lease), then b (leased before a), then a; c is full.
-      const order = [];
-      for (const jobId of ["j1", "j2", "j3"]) {
-        const result = await store.acquire(job(jobId));
-        assert.ok(result.ok);
-        order.push(result.workerId);
+      const store = createRedisLeaseStore({ url: REDIS_URL, keyPrefix: prefix });
+      await store.start();
+      try {
+        assert.equal(await redis.exists(`${prefix}pool-avail:${POOL}`, `${prefix}pool-room:${POOL}`), 0, "old sets deleted");
+        for (const id of Object.keys(old)) assert.equal(await redis.hexists(`${prefix}worker:${id}`, "sel"), 0, `${id}'s sel converted`);
+        assert.equal(await redis.get(`${prefix}layout`), "3");
+        assert.deepEqual((await redis.smembers(`${prefix}leased-workers`)).sort(), ["a", "b", "c"]);
+        if (layout === "freshness in the worker hash") {
+          // Its sessions are unknown to this layout: each agent is refused at
+          // its next heartbeat and attaches again, as after any older replica.
+          assert.equal(await store.heartbeat("a", "s", TTL_MS, TTL_MS), false);
+          for (const [id, w] of Object.entries(old)) await store.attach(worker(id, { capacity: w.capacity }), "s2", "r", TTL_MS);
+        }
+        await assertIndexAgrees(prefix, ["a", "b", "c", "d"]);
+        assert.deepEqual(await freeIndex(prefix), { a: [1, 9], b: [1, 4], d: [0, 0] });
+        // d (no lease), then b (leased before a), then a; c is full.
+        const order = [];
+        for (const jobId of ["j1", "j2", "j3"]) {
+          const result = await store.acquire(job(jobId));
+          assert.ok(result.ok);
+          order.push(result.workerId);
+        }
+        assert.deepEqual(order, ["d", "b", "a"]);
+        // A second start finds the layout current and changes nothing.
+        const before = await freeIndex(prefix);
+        const again = createRedisLeaseStore({ url: REDIS_URL, keyPrefix: prefix });
+        await again.start();
+        await again.close();
+        assert.deepEqual(await freeIndex(prefix), before);
+      } finally {
+        await store.close();
       }
-      assert.deepEqual(order, ["d", "b", "a"]);
-      // A second start finds the layout current and changes nothing.
-      const before = await freeIndex(prefix);
-      const again = createRedisLeaseStore({ url: REDIS_URL, keyPrefix: prefix });
-      await again.start();
-      await again.close();
-      assert.deepEqual(await freeIndex(prefix), before);
-    } finally {
-      await store.close();
-    }
-  });
+    });
+  }
 });

@@ -114,8 +114,8 @@ export function createRedisLeaseStore(options: RedisLeaseStoreOptions): LeaseSto
     async start() {
       try {
         await Promise.all([commands.connect(), subscriberConnection.connect()]);
-        // Data of an older version of the store, brought up to this layout (lua/upgrade-4.lua).
-        await run("upgrade", [keys.leases, keys.leasedWorkers, keys.heartbeats, keys.layout], [prefix]);
+        // Data of an older version of the store, brought up to this layout (lua/upgrade-3.lua).
+        await run("upgrade", [keys.leases, keys.leasedWorkers, keys.layout], [prefix]);
       } catch (error) {
         // No reconnect loop outlives a failed start.
         commands.disconnect();

@@ -27,7 +27,7 @@
     lease-expiry                zset   lease id, score = expiry (ms)
     lease-seq                   string counter giving each lease its "last leased" sequence
     run:<runId>                 string the worker that last served the run (24 h TTL)
-    layout                      string "3" once upgrade-4.lua has brought older data to this layout
+    layout                      string "3" once upgrade-3.lua has brought older data to this layout
 
   Before layout 3, pool-avail:<poolId> (member "<16-digit seq>:<workerId>", score = leases),
   pool-room:<poolId> (its workerIds) and the worker hash's sel field did what pool-free and seq do.
@@ -43,8 +43,8 @@ end
 
 -- pool-free scores are leases * SEQ_SPAN + seq. Both parts stay exact in a
 -- double (and in Redis's score) while the whole is below 2^53: lease counts
--- in the set are below the capacity (at most MAX_CAPACITY, 1,000, enforced by
--- redis-lease-store.ts) and seq below 2^43 (8.8e12 leases).
+-- in the set are below the capacity (at most MAX_WORKER_CAPACITY, 1,000, of
+-- lease-store.ts, checked by redis-lease-store.ts) and seq below 2^43 (8.8e12 leases).
 local SEQ_SPAN = 8796093022208
 
 local function freeScore(leases, seq)

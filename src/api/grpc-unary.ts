@@ -27,7 +27,6 @@
 // call goes through connect-node as before.
 
 import http2 from "node:http2";
-import zlib from "node:zlib";
 import { fromBinary, toBinary, type DescMethodUnary, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
@@ -41,6 +40,7 @@ import {
 } from "@connectrpc/connect";
 import { invokeUnaryImplementation } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { fastGzip } from "./compression.ts";
 
 /** A unary method and its implementation, as createServiceImplSpec gives it. */
 export interface UnarySpec {
@@ -204,8 +204,14 @@ function serveUnary(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttp
           fail(stream, new ConnectError(`serialize binary: ${(error as Error).message}`, Code.Internal), ctx);
           return;
         }
-        respond(stream, message, ctx, acceptsGzip(headers) && message.byteLength >= options.compressMinBytes);
-        ctx.abort(CALL_ENDED);
+        const gzip = acceptsGzip(headers) && message.byteLength >= options.compressMinBytes;
+        respond(stream, message, ctx, gzip).then(
+          () => ctx.abort(CALL_ENDED),
+          (error: unknown) => {
+            fail(stream, new ConnectError("compressing the response failed", Code.Internal, undefined, undefined, error), ctx);
+            ctx.abort(CALL_ENDED);
+          },
+        );
       },
       (error: unknown) => {
         if (answered) return;
@@ -243,9 +249,10 @@ function readMessage(body: Buffer, method: DescMethodUnary): unknown {
   }
 }
 
-function respond(stream: http2.ServerHttp2Stream, message: Uint8Array, context: HandlerContext, gzip: boolean): void {
+/** The response as the API plane compresses it elsewhere (compression.ts: gzip level 1, large ones off the event loop). */
+async function respond(stream: http2.ServerHttp2Stream, message: Uint8Array, context: HandlerContext, gzip: boolean): Promise<void> {
+  const payload = gzip ? await fastGzip.compress(message) : message;
   if (stream.destroyed || stream.headersSent) return;
-  const payload = gzip ? zlib.gzipSync(message, { level: zlib.constants.Z_BEST_SPEED }) : message;
   const frame = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
   frame[0] = gzip ? COMPRESSED_FLAG : 0;
   frame.writeUInt32BE(payload.byteLength, 1);

@@ -127,6 +127,8 @@ describe("API plane: unary gRPC short path", () => {
     });
     ({ port } = await plane.start());
     sessions = new Http2SessionManager(`http://127.0.0.1:${port}`);
+    // Every case below asks both paths: with the short path off, connect-node would answer both.
+    assert.ok(!lines.some((line) => line.event === "grpc_unary_path_off"), "the short path is installed");
   });
 
   after(async () => {

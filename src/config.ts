@@ -5,6 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import path from "node:path";
+import { MAX_WORKER_CAPACITY } from "./stores/lease-store.ts";
 
 export interface ServerConfig {
   apiHost: string;
@@ -163,7 +164,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     redisKeyPrefix: get("redisKeyPrefix") ?? "muster:",
     dataDir: path.resolve(get("dataDir") ?? ".muster/data"),
     builtinWorker,
-    builtinWorkerCapacity: integer(get("builtinWorkerCapacity") ?? "2", what("builtinWorkerCapacity"), 1, 1000),
+    builtinWorkerCapacity: integer(get("builtinWorkerCapacity") ?? "2", what("builtinWorkerCapacity"), 1, MAX_WORKER_CAPACITY),
     replicaId: get("replicaId") ?? `${hostname()}-${randomUUID().slice(0, 8)}`,
     heartbeatIntervalMs,
     heartbeatTtlMs,

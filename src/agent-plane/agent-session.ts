@@ -466,7 +466,7 @@ export function runAgentSession(
   }
 
   function publishLive(): void {
-    const batches = livePending ?? new Map<string, LogChunkRecord[]>();
+    const batches = livePending!; // set by the onLog that scheduled this call
     livePending = null;
     for (const [jobId, chunks] of batches) {
       deps.events.logs(jobId, chunks).catch((error: unknown) => {

@@ -1,9 +1,10 @@
 // Bounds on what an agent may declare about itself, checked on Register and
 // on every Hello.
 
+import { MAX_WORKER_CAPACITY } from "../stores/lease-store.ts";
+
 export const MAX_LABELS = 64;
 export const MAX_LABEL_LENGTH = 128;
-export const MAX_CAPACITY = 1000;
 const LABEL = /^[A-Za-z0-9][A-Za-z0-9_.:/=-]*$/;
 
 /** The cleaned attributes, or a message saying what is wrong. */
@@ -16,6 +17,6 @@ export function validateWorkerAttributes(input: { labels: string[]; capacity: nu
     }
   }
   const capacity = input.capacity === 0 ? 1 : input.capacity;
-  if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_CAPACITY) return `capacity must be between 1 and ${MAX_CAPACITY}`;
+  if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_WORKER_CAPACITY) return `capacity must be between 1 and ${MAX_WORKER_CAPACITY}`;
   return { labels: labels.sort(), capacity };
 }

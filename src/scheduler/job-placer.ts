@@ -260,6 +260,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   async function drainPass(poolId: string, taken: Submission[]): Promise<Pending | null> {
     const pool = await cache.pool(poolId);
     if (pool === null) {
+      queueSeenEmpty.delete(poolId);
       await insertQueued(taken.splice(0));
       // The pool was deleted: what still waits in its queue can never run.
       for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {

@@ -175,13 +175,15 @@ describe("server start-up with agents reconnecting", () => {
     const metadata = new grpc.Metadata();
     metadata.set("authorization", "Bearer worker_nobody");
     const call = client.connect(metadata);
-    const ended = new Promise<number>((resolve) => call.on("error", (error: grpc.ServiceError) => resolve(error.code)));
+    const ended = new Promise<grpc.ServiceError>((resolve) => call.on("error", resolve));
     call.on("data", () => {});
-    await sleep(300);
+    assert.equal(await Promise.race([ended, sleep(300, "held")]), "held", "the call is held while start-up waits for Postgres");
     pgProxy.setMode("refuse");
     pgProxy.reset();
     assert.ok((await failed) instanceof Error, "start-up failed");
-    assert.equal(await ended, grpc.status.UNAVAILABLE);
+    const error = await ended;
+    assert.equal(error.code, grpc.status.UNAVAILABLE);
+    assert.equal(error.details, "the server did not start");
     client.close();
     pgProxy.setMode("open");
   });

@@ -26,7 +26,6 @@ export interface PrivateRedis {
   stop(): Promise<void>;
 }
 
-
 export async function startPrivateRedis(): Promise<PrivateRedis> {
   const port = await freePort();
   const dir = await mkdtemp(path.join(tmpdir(), "muster-redis-"));

@@ -192,6 +192,8 @@ async function startBehindAgentPlane(
     logger: logger.child({ component: "placer" }),
     leaseTtlMs: config.leaseTtlMs,
     assignmentTimeoutMs: config.assignmentTimeoutMs,
+    replicaId: config.replicaId,
+    queueRecheckMs: config.queueRecheckMs,
     builtin,
     verifyStore: () => recovery.verify(),
     onPlaced: (job, submittedAt) => {

@@ -70,7 +70,7 @@ export function emptyFigure(scenario: string, system: string, variant: string, r
     warmup: run === 0,
     metrics: {},
     processes: {},
-    servers: { redisCommandsPerS: 0, redisCpuShare: 0, pgCommitsPerS: 0, pgWriteXactsPerS: 0, redisCommands: 0, pgCommits: 0 },
+    servers: { redisCommandsPerS: 0, redisCpuShare: 0, pgCommitsPerS: 0, pgWriteXactsPerS: 0, pgCpuShare: 0, redisCommands: 0, pgCommits: 0 },
     lost: 0,
     duplicated: 0,
     errors: [],
@@ -96,4 +96,5 @@ export function addServerMetrics(figure: Figure): void {
   figure.metrics.redisCpuShare = figure.servers.redisCpuShare;
   figure.metrics.pgCommitsPerS = figure.servers.pgCommitsPerS;
   figure.metrics.pgWriteXactsPerS = figure.servers.pgWriteXactsPerS;
+  figure.metrics.pgCpuShare = figure.servers.pgCpuShare;
 }

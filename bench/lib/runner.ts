@@ -109,7 +109,7 @@ export async function main(scenarios: Scenario[], argv = process.argv.slice(2)):
   };
   if (syncCommit !== "on") console.warn(`warning: synchronous_commit is ${syncCommit}; the Postgres figures are not durable`);
   if (bg !== null) {
-    console.log(`background on the shared servers before the run: Redis ${format(bg.redisCommandsPerS)} cmd/s, Postgres ${format(bg.pgCommitsPerS)} commits/s`);
+    console.log(`background on the shared servers before the run: Redis ${format(bg.redisCommandsPerS)} cmd/s, Postgres ${format(bg.pgCommitsPerS)} commits/s and ${format(bg.pgCpuShare)} cores of CPU`);
   }
   const failed: string[] = [];
   const onSignal = () => {

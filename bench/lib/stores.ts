@@ -6,6 +6,7 @@
 // counters while the benchmark is idle, so a figure can be read net of them.
 
 import { randomBytes } from "node:crypto";
+import { readdir, readFile } from "node:fs/promises";
 import { Redis } from "ioredis";
 import pg from "pg";
 
@@ -76,6 +77,8 @@ export interface ServerCounters {
   pgCommits: number;
   /** Transaction ids assigned so far: write transactions, counted at once. */
   pgXids: number;
+  /** CPU seconds of every PostgreSQL process on this machine, exited backends included. */
+  pgCpuS: number;
 }
 
 export interface CounterRates {
@@ -89,6 +92,8 @@ export interface CounterRates {
   pgCommitsPerS: number;
   /** Write transactions per second (transaction ids assigned): exact at any window. */
   pgWriteXactsPerS: number;
+  /** PostgreSQL CPU (user + sys, every process of the local server) per wall second. */
+  pgCpuShare: number;
   redisCommands: number;
   pgCommits: number;
 }
@@ -98,13 +103,50 @@ function infoField(info: string, field: string): number {
   return match ? Number(match[1]) : 0;
 }
 
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ: 100 on Linux). */
+const CLOCK_TICKS = 100;
+
+/**
+ * CPU seconds of the local PostgreSQL server: utime + stime of every process
+ * named postgres, plus cutime + cstime (the postmaster's reaped backends, so
+ * a connection closed within the window still counts). 0 where /proc is absent.
+ */
+async function postgresCpuSeconds(): Promise<number> {
+  let ticks = 0;
+  let entries: string[];
+  try {
+    entries = await readdir("/proc");
+  } catch {
+    return 0;
+  }
+  await Promise.all(
+    entries
+      .filter((entry) => /^\d+$/.test(entry))
+      .map(async (pid) => {
+        let stat: string;
+        try {
+          stat = await readFile(`/proc/${pid}/stat`, "utf8");
+        } catch {
+          return; // exited meanwhile
+        }
+        const close = stat.lastIndexOf(")");
+        if (stat.slice(stat.indexOf("(") + 1, close) !== "postgres") return;
+        // Fields after the command: state is field 3; utime, stime, cutime, cstime are 14-17.
+        const fields = stat.slice(close + 2).split(" ");
+        ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      }),
+  );
+  return ticks / CLOCK_TICKS;
+}
+
 export async function readCounters(): Promise<ServerCounters> {
   const redis = redisClient();
   await redis.connect();
   try {
-    const [stats, cpu, commits] = await Promise.all([
+    const [stats, cpu, pgCpuS, commits] = await Promise.all([
       redis.info("stats"),
       redis.info("cpu"),
+      postgresCpuSeconds(),
       withPg((c) =>
         c.query(
           "select xact_commit::bigint as n, pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xids from pg_stat_database where datname = $1",
@@ -119,6 +161,7 @@ export async function readCounters(): Promise<ServerCounters> {
       redisCpuS: infoField(cpu, "used_cpu_sys") + infoField(cpu, "used_cpu_user"),
       pgCommits: Number(commits.rows[0].n),
       pgXids: Number(commits.rows[0].xids),
+      pgCpuS,
     };
   } finally {
     redis.disconnect();
@@ -132,6 +175,7 @@ export function rates(from: ServerCounters, to: ServerCounters): CounterRates {
     redisCpuShare: (to.redisCpuS - from.redisCpuS) / seconds,
     pgCommitsPerS: (to.pgCommits - from.pgCommits) / seconds,
     pgWriteXactsPerS: (to.pgXids - from.pgXids) / seconds,
+    pgCpuShare: (to.pgCpuS - from.pgCpuS) / seconds,
     redisCommands: to.redisCommands - from.redisCommands,
     pgCommits: to.pgCommits - from.pgCommits,
   };

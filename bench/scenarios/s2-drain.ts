@@ -30,6 +30,7 @@ export const s2: Scenario = {
     { key: "redisCpuShare", label: "Redis CPU (cores)" },
     { key: "pgWriteXactsPerS", label: "PG write xacts/s" },
     { key: "pgCommitsPerS", label: "PG commits/s" },
+    { key: "pgCpuShare", label: "PG CPU (cores)" },
   ],
   targets: [{ key: "jobsPerS", op: ">=", bound: 2500, label: ">= 2,500 jobs/s" }],
   systems: {

@@ -37,6 +37,7 @@ export const s3: Scenario = {
     { key: "redisCmdPerS", label: "Redis cmd/s" },
     { key: "pgWriteXactsPerS", label: "PG write xacts/s" },
     { key: "pgCommitsPerS", label: "PG commits/s" },
+    { key: "pgCpuShare", label: "PG CPU (cores)" },
   ],
   targets: [
     { variant: "500/s", key: "p50Ms", op: "<=", bound: 2, label: "p50 <= 2 ms" },

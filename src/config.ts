@@ -32,12 +32,6 @@ export interface ServerConfig {
   leaseTtlMs: number;
   /** An assignment not accepted within this long is released and placed again. */
   assignmentTimeoutMs: number;
-  /**
-   * How long a pool's queue, found empty, is taken to stay empty without
-   * reading it again (replicas announce the jobs they queue; this bounds
-   * the wait a lost announcement can cause).
-   */
-  queueRecheckMs: number;
   maxChunkBytes: number;
   logLevel: string;
 }
@@ -72,7 +66,6 @@ const OPTIONS = {
   heartbeatTtlMs: { env: "MUSTER_HEARTBEAT_TTL_MS", flag: "heartbeat-ttl-ms", description: "heartbeat freshness; default 3 intervals" },
   leaseTtlMs: { env: "MUSTER_LEASE_TTL_MS", flag: "lease-ttl-ms", description: "lease lifetime without renewal" },
   assignmentTimeoutMs: { env: "MUSTER_ASSIGNMENT_TIMEOUT_MS", flag: "assignment-timeout-ms", description: "time for an agent to accept an assignment" },
-  queueRecheckMs: { env: "MUSTER_QUEUE_RECHECK_MS", flag: "queue-recheck-ms", description: "how long an empty pool queue is trusted without reading it" },
   maxChunkBytes: { env: "MUSTER_MAX_CHUNK_BYTES", flag: "max-chunk-bytes", description: "largest log chunk accepted" },
   logLevel: { env: "MUSTER_LOG_LEVEL", flag: "log-level", description: "trace, debug, info, warn, error" },
 } satisfies Record<string, OptionSpec>;
@@ -177,7 +170,6 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     heartbeatTtlMs,
     leaseTtlMs,
     assignmentTimeoutMs: integer(get("assignmentTimeoutMs") ?? "10000", what("assignmentTimeoutMs"), 50, 600_000),
-    queueRecheckMs: integer(get("queueRecheckMs") ?? "1000", what("queueRecheckMs"), 0, 600_000),
     maxChunkBytes: integer(get("maxChunkBytes") ?? String(256 * 1024), what("maxChunkBytes"), 1024, 4 * 1024 * 1024),
     logLevel: get("logLevel") ?? "info",
   };

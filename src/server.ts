@@ -192,8 +192,6 @@ async function startBehindAgentPlane(
     logger: logger.child({ component: "placer" }),
     leaseTtlMs: config.leaseTtlMs,
     assignmentTimeoutMs: config.assignmentTimeoutMs,
-    replicaId: config.replicaId,
-    queueRecheckMs: config.queueRecheckMs,
     builtin,
     verifyStore: () => recovery.verify(),
     onPlaced: (job, submittedAt) => {

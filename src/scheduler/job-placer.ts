@@ -15,16 +15,6 @@
 // failed, or queued with the reason it waits. A job placed at once thus costs
 // one commit, not two. When the queue is longer than one page, or the pass
 // cannot run (paused, closing, failed), the job is inserted queued as before.
-//
-// A pass need not read a queue this replica knows to be empty. A replica
-// that finds a pool's queue empty trusts that for up to queueRecheckMs:
-// every job it queues itself clears that at once, and every job another
-// replica queues is announced on POOL_QUEUES_CHANNEL once committed, which
-// clears it there and drains the pool. Passes for released leases, attached
-// workers and new jobs then cost no Postgres read while the pool keeps up.
-// Should an announcement be lost (a replica dies between its commit and the
-// publish, Redis drops the subscriber), the queue is read again once the
-// trust runs out: a job waits up to queueRecheckMs longer, never for good.
 
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.ts";
@@ -41,11 +31,8 @@ type AcquireChoices = Awaited<ReturnType<LeaseStore["acquireMany"]>>;
 
 /** Queued jobs read per pass. */
 const DRAIN_BATCH = 64;
-/** How often queued jobs past their queue deadline are failed (and trusted empty queues expire). */
+/** How often queued jobs past their queue deadline are failed. */
 const QUEUE_DEADLINE_SWEEP_MS = 1000;
-
-/** Replicas announce here the pools in whose queue they have put jobs: {"from": replicaId, "pools": [...]}. */
-export const POOL_QUEUES_CHANNEL = "pool-queues";
 
 /** A validated SubmitJob request: what the submitter chose. */
 export type SubmitInput = Omit<NewJob, "id" | "resolvedPoolId" | "poolRule" | "poolReason" | "queueDeadline" | "createdAt">;
@@ -69,10 +56,6 @@ export interface JobPlacerOptions {
   logger: Logger;
   leaseTtlMs: number;
   assignmentTimeoutMs: number;
-  /** This replica: its own announcements (POOL_QUEUES_CHANNEL) are not news to it. */
-  replicaId: string;
-  /** How long a queue found empty is trusted to stay so without a read; 0: always read. */
-  queueRecheckMs: number;
   builtin: BuiltinRunner;
   onPlaced?: (job: JobRecord, submittedAt: Date) => void;
   /**
@@ -109,71 +92,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   };
   // Per pool: submitted jobs not yet inserted, waiting for the pool's next pass.
   const submissions = new Map<string, Submission[]>();
-  // Pools whose queue was empty when this replica last read it, and which
-  // nobody has queued a job in since, as far as this replica has heard (see
-  // the top of this file). `skipped`: a pass relied on it instead of reading.
-  const emptyQueues = new Map<string, { at: number; skipped: boolean }>();
-  // Per pool: bumped whenever a job may have joined its queue. A read that
-  // began before a bump may have missed that job: it cannot mark the queue empty.
-  const queueVersions = new Map<string, number>();
-  // Outgoing announcements of this turn: pools this replica queued jobs in.
-  const announced = new Set<string>();
-  // Other replicas' announcements are heard: only then is an empty queue trusted.
-  let hearing = false;
-  let stopHearing: (() => Promise<void>) | null = null;
+  // Pools whose queue was empty when this replica last read it (a hint for drainPass).
+  const queueSeenEmpty = new Set<string>();
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
   let paused = false;
-
-  /** A job may have joined the pool's queue: whatever this replica knew of it being empty is void. */
-  function queueChanged(poolId: string): void {
-    queueVersions.set(poolId, (queueVersions.get(poolId) ?? 0) + 1);
-    emptyQueues.delete(poolId);
-  }
-
-  /** The pool's queue may be skipped: read empty lately, nothing queued there since. */
-  function trustedEmpty(poolId: string): boolean {
-    const entry = emptyQueues.get(poolId);
-    if (entry === undefined || !hearing || Date.now() - entry.at >= options.queueRecheckMs) return false;
-    entry.skipped = true;
-    return true;
-  }
-
-  /** This replica committed a job into the pool's queue: the other replicas hear of it on the next turn. */
-  function announceQueued(poolId: string | null): void {
-    if (poolId === null) return;
-    queueChanged(poolId);
-    if (announced.size === 0) {
-      setImmediate(() => {
-        const pools = [...announced];
-        announced.clear();
-        leases.publish(POOL_QUEUES_CHANNEL, JSON.stringify({ from: options.replicaId, pools })).catch((error: unknown) => {
-          // The others read the queue again within queueRecheckMs anyway.
-          logger.warn({ event: "queue_announce_failed", pools, err: error }, "announcing queued jobs to the other replicas failed");
-        });
-      });
-    }
-    announced.add(poolId);
-  }
-
-  /** Another replica queued jobs: a pool this replica took for empty is read (and drained) again. */
-  function heardQueued(payload: string): void {
-    let notice: { from?: unknown; pools?: unknown };
-    try {
-      notice = JSON.parse(payload) as typeof notice;
-    } catch {
-      logger.warn({ event: "queue_notice_malformed" }, "ignored a malformed queue announcement");
-      return;
-    }
-    if (notice.from === options.replicaId || !Array.isArray(notice.pools)) return;
-    for (const poolId of notice.pools) {
-      if (typeof poolId !== "string") continue;
-      const trusted = emptyQueues.has(poolId);
-      queueChanged(poolId);
-      if (trusted) void drainPool(poolId);
-    }
-  }
 
   async function submit(input: SubmitInput): Promise<JobRecord> {
     const spaceDefault = await cache.defaultPool(input.space);
@@ -247,10 +171,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
 
   /** Inserts a job queued (or already decided: `initial`), and says so in the log. */
   async function insert(newJob: NewJob, initial?: Parameters<Database["jobs"]["create"]>[1]): Promise<JobRecord> {
-    const queued = (initial?.patch.state ?? "queued") === "queued";
-    if (queued && newJob.resolvedPoolId !== null) queueChanged(newJob.resolvedPoolId);
     const job = await db.jobs.create(newJob, initial);
-    if (queued) announceQueued(job.resolvedPoolId);
     logger.info({ event: "job_submitted", jobId: job.id, poolId: job.resolvedPoolId, rule: job.poolRule }, "job submitted");
     return job;
   }
@@ -337,11 +258,9 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
    * everything written.
    */
   async function drainPass(poolId: string, taken: Submission[]): Promise<Pending | null> {
-    // Nothing new and nothing queued: nothing to place (see the top of this file).
-    if (taken.length === 0 && trustedEmpty(poolId)) return null;
     const pool = await cache.pool(poolId);
     if (pool === null) {
-      queueChanged(poolId);
+      queueSeenEmpty.delete(poolId);
       await insertQueued(taken.splice(0));
       // The pool was deleted: what still waits in its queue can never run.
       for (const job of await db.jobs.queued(poolId, DRAIN_BATCH * 16)) {
@@ -362,35 +281,29 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     // are passed over; the first plain job that cannot be placed ends the pass.
     let after: JobRecord | undefined;
     for (;;) {
-      // A queue known to be empty is not read: the new jobs are the whole queue.
-      const skipRead = after === undefined && route.kind === "pool" && trustedEmpty(poolId);
       // When the pool's queue was empty at its last read, the new jobs are
       // likely the whole queue: their leases are taken while the queue is
       // read, not after, which takes one round trip off a submit's way to
       // its worker. Should the queue hold jobs after all, those leases go
       // back before the page is decided as usual.
       let early: { jobs: JobRecord[]; choices: Promise<AcquireChoices> } | null = null;
-      if (after === undefined && taken.length > 0 && route.kind === "pool" && emptyQueues.has(poolId) && !closed && !paused) {
+      if (after === undefined && taken.length > 0 && route.kind === "pool" && queueSeenEmpty.has(poolId) && !closed && !paused) {
         const jobs = taken.map((submission) => queuedJobRecord(submission.job)).sort(queueOrder);
         early = { jobs, choices: leases.acquireMany(jobs.map((job) => acquireRequest(job, pool))) };
         early.choices.catch(() => {}); // awaited below, after the read: not an unhandled rejection meanwhile
       }
-      let queued: JobRecord[] = [];
-      if (!skipRead) {
-        const version = queueVersions.get(poolId);
-        try {
-          queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
-        } catch (error) {
-          if (early !== null) await releaseChoices(early.jobs, early.choices);
-          throw error;
-        }
-        if (after === undefined) {
-          // Empty only if no job may have joined the queue since the read began.
-          if (queued.length === 0 && queueVersions.get(poolId) === version) emptyQueues.set(poolId, { at: Date.now(), skipped: false });
-          else emptyQueues.delete(poolId);
-        }
+      let queued: JobRecord[];
+      try {
+        queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+      } catch (error) {
+        if (early !== null) await releaseChoices(early.jobs, early.choices);
+        throw error;
       }
       const wholeQueue = queued.length < DRAIN_BATCH;
+      if (after === undefined) {
+        if (wholeQueue && queued.length === 0) queueSeenEmpty.add(poolId);
+        else queueSeenEmpty.delete(poolId);
+      }
       let chosen: Promise<AcquireChoices> | undefined;
       if (early !== null) {
         if (queued.length === 0 && !closed && !paused) chosen = early.choices;
@@ -412,7 +325,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       if (queued.length === 0 || closed || paused) return null;
       if (route.kind === "pool") {
         const page = await placePage(queued, pool, targetNames, fresh, chosen);
-        if (page.queuedFresh) emptyQueues.delete(poolId);
+        if (page.queuedFresh) queueSeenEmpty.delete(poolId);
         if (wholeQueue && !page.queuedFresh) return { writes: page.writes };
         await page.writes;
         if (page.outcome === "blocked") return null;
@@ -643,14 +556,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
           message: `${message}; no attempts left (${job.maxAttempts})`,
           endedAt: now,
         };
-    if (attemptsLeft && job.resolvedPoolId !== null) queueChanged(job.resolvedPoolId);
     const updated = await db.jobs.transition(
       job.id,
       { states: ["assigned", "running"], attempt },
       patch,
       { update: { attempt, patch: { state: "ended", endedAt: now, outcome } } },
     );
-    if (updated?.state === "queued") announceQueued(updated.resolvedPoolId);
     await leases.release(job.id, attempt);
     if (updated === null) return null;
     logger.warn({ event: "attempt_ended", jobId: job.id, attempt, outcome, requeued: attemptsLeft }, message);
@@ -678,60 +589,27 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   async function sweepQueueDeadlines(): Promise<void> {
     const expired = await db.jobs.queueExpired(new Date(), 100);
     const pools = new Set(expired.map((job) => job.resolvedPoolId).filter((id): id is string => id !== null));
-    for (const poolId of pools) {
-      queueChanged(poolId); // it holds these jobs, whatever was heard
-      await drainPool(poolId);
-    }
-  }
-
-  /** Trusted empty queues whose trust ran out: one a pass relied on is read again now. */
-  function expireEmptyQueues(): void {
-    const now = Date.now();
-    for (const [poolId, entry] of emptyQueues) {
-      if (now - entry.at < options.queueRecheckMs) continue;
-      emptyQueues.delete(poolId);
-      if (entry.skipped) void drainPool(poolId);
-    }
+    for (const poolId of pools) await drainPool(poolId);
   }
 
   return {
     start() {
       sweep = setInterval(() => {
-        expireEmptyQueues();
         sweepQueueDeadlines().catch((error) => logger.error({ event: "queue_sweep_failed", err: error }, "queue sweep failed"));
       }, QUEUE_DEADLINE_SWEEP_MS);
       sweep.unref();
-      if (options.queueRecheckMs > 0) {
-        leases.subscribe(POOL_QUEUES_CHANNEL, heardQueued).then(
-          (unsubscribe) => {
-            if (closed) void unsubscribe().catch(() => {});
-            else {
-              stopHearing = unsubscribe;
-              hearing = true;
-            }
-          },
-          (error: unknown) => {
-            // Every pass reads its queue then, as when queueRecheckMs is 0.
-            logger.warn({ event: "queue_notices_unavailable", err: error }, "cannot hear other replicas' queued jobs; every placement pass reads its queue");
-          },
-        );
-      }
     },
     submit,
     drainPool,
     requeue,
     setPaused(value) {
       paused = value;
-      // The store is being rebuilt: what was known of the queues is read anew.
-      if (value) emptyQueues.clear();
     },
     async drainAll() {
       for (const poolId of await db.jobs.poolsWithQueuedJobs()) await drainPool(poolId);
     },
     async close() {
       closed = true;
-      hearing = false;
-      if (stopHearing !== null) await stopHearing().catch(() => {});
       if (sweep !== null) clearInterval(sweep);
       for (const timer of timers) clearTimeout(timer);
       timers.clear();

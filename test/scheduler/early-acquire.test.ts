@@ -44,10 +44,6 @@ async function start(name: string): Promise<{ server: MusterServer; jobs: Client
     MUSTER_HEARTBEAT_INTERVAL_MS: "200",
     MUSTER_HEARTBEAT_TTL_MS: "5000",
     MUSTER_LEASE_TTL_MS: "10000",
-    // Every pass reads the queue: the replicas here share no lease store, so
-    // they cannot hear each other's queued jobs (queue-announcements.test.ts
-    // covers those); what is tested is the early lease going back.
-    MUSTER_QUEUE_RECHECK_MS: "0",
   });
   const server = await startServer(config, silentLogger());
   servers.push(server);

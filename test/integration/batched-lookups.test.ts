@@ -1,8 +1,9 @@
 // The lookups every reconnecting agent makes (its credential, then the stored
-// log of each attempt it announces) are shared by concurrent callers: one
-// statement answers many. What a caller gets must not depend on who else
-// asked at the same moment: its own worker or null, its own attempt's
-// highest stored seq or 0, and a failing statement fails only its callers.
+// log of each attempt it announces), and reads of single jobs, are shared by
+// concurrent callers: one statement answers many. What a caller gets must not
+// depend on who else asked at the same moment: its own worker or null, its
+// own attempt's highest stored seq or 0, its own job as last written or null,
+// and a failing statement fails only its callers.
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -101,5 +102,47 @@ describe("repository lookups under a burst", () => {
     asks.push({ jobId: "not-a-uuid", attempt: 1, expected: 0 }, { jobId: jobs[1]!, attempt: 2 ** 40, expected: 0 });
     const got = await Promise.all(asks.map((a) => t.db.logs.maxSeq(a.jobId, a.attempt)));
     assert.deepEqual(got, asks.map((a) => a.expected));
+  });
+
+  test("concurrent job reads each get their own job as last written, or null", { timeout: 30_000 }, async () => {
+    const space = `s-${randomUUID().slice(0, 8)}`;
+    const created = await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        t.db.jobs.create({
+          id: randomUUID(),
+          space,
+          name: `job-${i}`,
+          script: "true",
+          env: { N: String(i) },
+          requestedPoolId: null,
+          targetId: null,
+          runId: "",
+          requiredLabels: [],
+          priority: 0,
+          exclusive: false,
+          timeoutMs: null,
+          queueTimeoutMs: null,
+          maxAttempts: 1,
+          resolvedPoolId: null,
+          poolRule: "space_default",
+          poolReason: "",
+          queueDeadline: null,
+          createdAt: new Date(),
+        }),
+      ),
+    );
+    // A read made after a write sees it, whoever else reads at the same time.
+    await t.db.jobs.transition(created[7]!.id, { states: ["queued"] }, { message: "changed" });
+    const asks = [...created.map((job) => job.id), created[3]!.id.toUpperCase(), randomUUID(), "not-a-uuid"];
+    const got = await Promise.all(asks.map((id) => t.db.jobs.get(id)));
+    created.forEach((job, n) => {
+      assert.equal(got[n]?.id, job.id);
+      assert.equal(got[n]?.name, `job-${n}`);
+      assert.deepEqual(got[n]?.env, { N: String(n) });
+    });
+    assert.equal(got[7]?.message, "changed");
+    assert.equal(got[100]?.id, created[3]!.id, "an id in upper case finds the same job");
+    assert.equal(got[101], null, "an unknown id finds nothing");
+    assert.equal(got[102], null, "a malformed id finds nothing");
   });
 });

@@ -25,6 +25,7 @@ import {
   transitionShape,
   type TransitionItem,
 } from "./job-batches.ts";
+import { createBatchedLookup } from "./batched-lookup.ts";
 import { toDate, toDateOrNull, toNumberOrNull } from "./raw-values.ts";
 import { mapConstraintError, type StoreContext } from "./store-context.ts";
 import { isUuid } from "./uuid.ts";
@@ -137,7 +138,9 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     `insert into ${jobs} (${insertColumns}) values ` +
     `(${INSERT_COLUMNS.map(([, type], n) => `$${n + 1}${type === "jsonb" || type === "text[]" ? `::${type}` : ""}`).join(", ")})`;
 
-  const getJobSql = `select * from ${jobs} where id = $1`;
+  // Reads of single jobs made at once (submitters reading back jobs that
+  // were queued behind a backlog, watchers, the API) share one statement.
+  const getJobsSql = `select * from ${jobs} where id = any($1::uuid[])`;
   // Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index).
   const queuedSql = `select * from ${jobs} where resolved_pool_id = $1 and state = 'queued' order by priority desc, created_at asc, id asc limit $2`;
   const queuedAfterSql =
@@ -163,6 +166,11 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     const { rows } = await ctx.query<JobDbRow>(sql, params);
     return rows.map(toJobRecord);
   };
+  const jobLookup = createBatchedLookup<string, JobRecord | null>({
+    id: (id) => id,
+    missing: null,
+    fetch: async (ids) => new Map((await selectJobs(getJobsSql, [ids])).map((job) => [job.id, job])),
+  });
   const selectAttempts = async (sql: string, params: unknown[]): Promise<AttemptRecord[]> => {
     const { rows } = await ctx.query<AttemptDbRow>(sql, params);
     return rows.map(toAttemptRecord);
@@ -269,8 +277,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
     async get(id) {
       if (!isUuid(id)) return null;
-      const [job] = await selectJobs(getJobSql, [id]);
-      return job ?? null;
+      return jobLookup(id.toLowerCase()); // uuids come back in lower case
     },
 
     async list(filter, page) {

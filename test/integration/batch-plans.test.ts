@@ -10,6 +10,7 @@ import { after, before, test } from "node:test";
 import { MikroORM } from "@mikro-orm/postgresql";
 import { transitionBatchStatement, type TransitionItem } from "../../src/stores/postgres/job-batches.ts";
 import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
+import { plainJob } from "../support/jobs.ts";
 import { createTestDatabase, TEST_DATABASE_URL, type TestDatabase } from "../support/postgres.ts";
 
 const JOBS = 5000;
@@ -41,27 +42,17 @@ test("a batch of transitions reads the jobs it changes by id, not by scanning th
   const now = Date.now();
   const jobs = await Promise.all(
     Array.from({ length: JOBS }, (_, n) =>
-      t.db.jobs.create({
-        id: randomUUID(),
-        space: "plans",
-        name: `job-${n}`,
-        script: "true",
-        env: {},
-        requestedPoolId: pool.id,
-        targetId: null,
-        runId: "",
-        requiredLabels: [],
-        priority: 0,
-        exclusive: false,
-        timeoutMs: null,
-        queueTimeoutMs: null,
-        maxAttempts: 1,
-        resolvedPoolId: pool.id,
-        poolRule: "explicit",
-        poolReason: "asked for it",
-        queueDeadline: null,
-        createdAt: new Date(now + n),
-      }),
+      t.db.jobs.create(
+        plainJob({
+          space: "plans",
+          name: `job-${n}`,
+          requestedPoolId: pool.id,
+          resolvedPoolId: pool.id,
+          poolRule: "explicit",
+          poolReason: "asked for it",
+          createdAt: new Date(now + n),
+        }),
+      ),
     ),
   );
   await orm.em.fork().getConnection().execute(`analyze ${quoteIdentifier(t.schema)}.jobs`);

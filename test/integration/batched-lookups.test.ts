@@ -11,6 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { hashSecret } from "../../src/auth/secrets.ts";
 import { DEFAULT_SPACE } from "../../src/domain.ts";
 import { createBatchedLookup } from "../../src/stores/postgres/batched-lookup.ts";
+import { plainJob } from "../support/jobs.ts";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.ts";
 
 describe("batched lookups", () => {
@@ -108,27 +109,7 @@ describe("repository lookups under a burst", () => {
     const space = `s-${randomUUID().slice(0, 8)}`;
     const created = await Promise.all(
       Array.from({ length: 100 }, (_, i) =>
-        t.db.jobs.create({
-          id: randomUUID(),
-          space,
-          name: `job-${i}`,
-          script: "true",
-          env: { N: String(i) },
-          requestedPoolId: null,
-          targetId: null,
-          runId: "",
-          requiredLabels: [],
-          priority: 0,
-          exclusive: false,
-          timeoutMs: null,
-          queueTimeoutMs: null,
-          maxAttempts: 1,
-          resolvedPoolId: null,
-          poolRule: "space_default",
-          poolReason: "",
-          queueDeadline: null,
-          createdAt: new Date(),
-        }),
+        t.db.jobs.create(plainJob({ space, name: `job-${i}`, env: { N: String(i) } })),
       ),
     );
     // A read made after a write sees it, whoever else reads at the same time.

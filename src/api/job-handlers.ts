@@ -11,7 +11,7 @@ import type { JobLifecycle } from "../scheduler/job-lifecycle.ts";
 import type { JobPlacer } from "../scheduler/job-placer.ts";
 import { readLogs } from "../scheduler/log-reader.ts";
 import type { Database } from "../stores/database.ts";
-import { waitingReason } from "../core/placement-decision.ts";
+import { JOBS_AHEAD_COUNTED, waitingReason } from "../core/placement-decision.ts";
 import { mapErrors } from "./errors.ts";
 import { chunkToProto, JOB_STATES, jobToProto } from "./to-proto.ts";
 import * as v from "./validate.ts";
@@ -55,7 +55,7 @@ export function jobHandlers({ db, cache, placer, lifecycle, events, logger }: Jo
     return job;
   }
 
-  /** The job with its pool and worker names and, while it waits, how many jobs are ahead of it. */
+  /** The job with its pool and worker names and, while it waits, how many jobs are ahead of it (counted up to JOBS_AHEAD_COUNTED). */
   async function withNames(job: JobRecord) {
     const [pool, workerName] = await Promise.all([
       job.resolvedPoolId === null ? null : cache.pool(job.resolvedPoolId),
@@ -63,7 +63,7 @@ export function jobHandlers({ db, cache, placer, lifecycle, events, logger }: Jo
     ]);
     const message = jobToProto(job, { pool: pool?.name, worker: job.builtinWorker ? "built-in" : (workerName ?? undefined) });
     if (job.state === "queued" && pool !== null && message.placement !== undefined) {
-      message.placement.workerReason = waitingReason(job.workerReason, pool.name, await db.jobs.queueDepth(pool.id, job));
+      message.placement.workerReason = waitingReason(job.workerReason, pool.name, await db.jobs.queueDepth(pool.id, job, JOBS_AHEAD_COUNTED));
     }
     return message;
   }

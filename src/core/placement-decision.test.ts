@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { decideOnChoice, routeJob, waitingReason } from "./placement-decision.ts";
+import { decideOnChoice, JOBS_AHEAD_COUNTED, routeJob, waitingReason } from "./placement-decision.ts";
 
 describe("routeJob", () => {
   const cases = [
@@ -35,6 +35,8 @@ describe("decideOnChoice", () => {
       "pool linux: 3 healthy workers, all at capacity; 12 jobs ahead",
     );
     assert.equal(waitingReason("", "linux", 1), "pool linux: waiting in the queue; 1 job ahead");
+    assert.equal(waitingReason("", "linux", JOBS_AHEAD_COUNTED - 1), "pool linux: waiting in the queue; 999 jobs ahead");
+    assert.equal(waitingReason("", "linux", JOBS_AHEAD_COUNTED), "pool linux: waiting in the queue; 1,000 or more jobs ahead");
   });
 
   test("no healthy worker: fails at once", () => {

@@ -36,10 +36,23 @@ function labelText(labels: readonly string[]): string {
   return labels.length === 0 ? "" : ` with labels ${labels.join(", ")}`;
 }
 
-/** How a queued job's wait reads, with the live count of jobs ahead of it. */
+/**
+ * Jobs ahead of a queued job are counted up to this many: the count reads
+ * one index entry per job ahead, and a backlog of 100,000 jobs must not cost
+ * every read of a queued job 100,000 of them.
+ */
+export const JOBS_AHEAD_COUNTED = 1000;
+
+/** How a queued job's wait reads, with the live count of jobs ahead of it (at most JOBS_AHEAD_COUNTED). */
 export function waitingReason(stored: string, poolName: string, jobsAhead: number): string {
   const base = stored === "" ? `pool ${poolName}: waiting in the queue` : stored;
-  return `${base}; ${jobsAhead === 1 ? "1 job" : `${jobsAhead} jobs`} ahead`;
+  const ahead =
+    jobsAhead >= JOBS_AHEAD_COUNTED
+      ? `${JOBS_AHEAD_COUNTED.toLocaleString("en-US")} or more jobs`
+      : jobsAhead === 1
+        ? "1 job"
+        : `${jobsAhead} jobs`;
+  return `${base}; ${ahead} ahead`;
 }
 
 /**

@@ -194,8 +194,11 @@ export interface Database {
     transition(jobId: string, fence: JobFence, patch: JobPatch, attempt?: AttemptChange): Promise<JobRecord | null>;
     /** Queued jobs of a pool in placement order (priority desc, created_at asc, id asc), after `after` if given. */
     queued(poolId: string, limit: number, after?: JobRecord): Promise<JobRecord[]>;
-    /** Number of queued jobs of a pool ahead of (placed before) the given job, or all of them if omitted. */
-    queueDepth(poolId: string, before?: JobRecord): Promise<number>;
+    /**
+     * Number of queued jobs of a pool ahead of (placed before) the given job,
+     * or all of them if omitted; counting stops at `atMost` if given.
+     */
+    queueDepth(poolId: string, before?: JobRecord, atMost?: number): Promise<number>;
     /** How many jobs of the pool are queued, and since when the oldest waits. */
     queueStats(poolId: string): Promise<{ queued: number; oldestQueuedAt: Date | null }>;
     /** Pools that have queued jobs. */

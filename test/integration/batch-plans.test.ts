@@ -9,6 +9,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
 import { MikroORM } from "@mikro-orm/postgresql";
 import { transitionBatchStatement, type TransitionItem } from "../../src/stores/postgres/job-batches.ts";
+import { queueDepthStatement } from "../../src/stores/postgres/job-repository.ts";
 import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
 import { plainJob } from "../support/jobs.ts";
 import { createTestDatabase, TEST_DATABASE_URL, type TestDatabase } from "../support/postgres.ts";
@@ -74,4 +75,57 @@ test("a batch of transitions reads the jobs it changes by id, not by scanning th
   assert.deepEqual(changed.map((row) => row.id).sort(), items.map((item) => item.jobId).sort());
   assert.ok(changed.every((row) => row.state === "assigned"));
   assert.equal((await t.db.jobs.queueStats(pool.id)).queued, JOBS - 3);
+});
+
+/** Rows each scan node of an EXPLAIN (ANALYZE, FORMAT JSON) plan read, and the node types. */
+function scans(plan: Record<string, unknown>, into: Array<{ type: string; rows: number }> = []) {
+  const type = String(plan["Node Type"]);
+  if (type.endsWith("Scan") && plan["Relation Name"] === "jobs") into.push({ type, rows: Number(plan["Actual Rows"]) });
+  for (const child of (plan.Plans as Array<Record<string, unknown>> | undefined) ?? []) scans(child, into);
+  return into;
+}
+
+// Before the count was capped and split along the index, each read of a
+// queued job (SubmitJob's answer, GetJob, every WatchJob update) counted the
+// pool's whole queue: in a backlog of n jobs, n reads of n entries each.
+test("counting the jobs ahead of one at the back of a long queue reads no more than the limit", async () => {
+  const pool = await t.db.pools.create({ space: "plans", name: "depth", description: "" });
+  const now = Date.now();
+  const jobs = [];
+  for (let n = 0; n < 2000; n += 200) {
+    jobs.push(
+      ...(await Promise.all(
+        Array.from({ length: 200 }, (_, k) =>
+          t.db.jobs.create(
+            plainJob({
+              space: "plans",
+              name: `deep-${n + k}`,
+              requestedPoolId: pool.id,
+              resolvedPoolId: pool.id,
+              poolRule: "explicit",
+              poolReason: "asked for it",
+              createdAt: new Date(now + n + k),
+            }),
+          ),
+        ),
+      )),
+    );
+  }
+  await orm.em.fork().getConnection().execute(`analyze ${quoteIdentifier(t.schema)}.jobs`);
+  const last = jobs[jobs.length - 1]!;
+  // 1,999 jobs of the same priority are ahead of the last one.
+  assert.equal(await t.db.jobs.queueDepth(pool.id, last), 1999);
+  assert.equal(await t.db.jobs.queueDepth(pool.id, last, 150), 150);
+  assert.equal(await t.db.jobs.queueDepth(pool.id, last, 500), 500);
+
+  const sql = queueDepthStatement(`${quoteIdentifier(t.schema)}.jobs`, true);
+  const params = [pool.id, 150, last.priority, last.createdAt.toISOString(), last.id];
+  const explained = await orm.em
+    .fork()
+    .getConnection()
+    .execute<Array<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>>(`explain (analyze, format json) ${inline(sql, params)}`);
+  const read = scans(explained[0]!["QUERY PLAN"][0]!.Plan);
+  const shown = JSON.stringify(read);
+  assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the count scans the jobs table: ${shown}`);
+  assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 300, `the count read past its limit: ${shown}`);
 });

@@ -711,6 +711,10 @@ describe("PostgreSQL database", () => {
       assert.equal(await db.jobs.queueDepth(pool.id, records.urgent), 0);
       assert.equal(await db.jobs.queueDepth(pool.id, records.tieA), 2);
       assert.equal(await db.jobs.queueDepth(pool.id, records.newLow), 4);
+      // Counting stops at the limit: ahead of newLow are 4, ahead of tieA 2.
+      assert.equal(await db.jobs.queueDepth(pool.id, records.newLow, 3), 3);
+      assert.equal(await db.jobs.queueDepth(pool.id, records.tieA, 3), 2);
+      assert.equal(await db.jobs.queueDepth(pool.id, undefined, 4), 4);
       const withQueue = await db.jobs.poolsWithQueuedJobs();
       assert.ok(withQueue.includes(pool.id) && withQueue.includes(other.id));
       assert.equal(new Set(withQueue).size, withQueue.length);

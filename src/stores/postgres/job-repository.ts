@@ -129,6 +129,24 @@ interface NewJobItem {
   attempt: AttemptRecord | undefined;
 }
 
+/**
+ * Counts a pool's queued jobs ($1), up to $2 (null: all); `before`: only
+ * those ahead of the job with priority $3, created_at $4 and id $5. Each part
+ * reads one range of jobs_queue_index in its order and stops at the limit, so
+ * a count costs what it counts, capped, however long the queue behind the job
+ * is (one OR of the two conditions would filter the pool's whole queue). The
+ * parts may together count up to twice the limit; the caller caps the sum.
+ */
+export function queueDepthStatement(jobs: string, before: boolean): string {
+  const rows = `select 1 from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
+  const order = "order by priority desc, created_at asc, id asc limit $2";
+  if (!before) return `select count(*)::int as n from (${rows} ${order}) ahead`;
+  return (
+    `select count(*)::int as n from ((${rows} and priority > $3 ${order}) union all ` +
+    `(${rows} and priority = $3 and (created_at, id) < ($4, $5) ${order})) ahead`
+  );
+}
+
 export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const jobs = ctx.table("jobs");
   const attempts = ctx.table("job_attempts");
@@ -147,9 +165,8 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     `select * from ${jobs} where resolved_pool_id = $1 and state = 'queued' and ` +
     "(priority < $3 or (priority = $3 and (created_at > $4 or (created_at = $4 and id > $5)))) " +
     "order by priority desc, created_at asc, id asc limit $2";
-  const depthSql = `select count(*)::int as n from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
-  const depthBeforeSql =
-    `${depthSql} and (priority > $2 or (priority = $2 and (created_at < $3 or (created_at = $3 and id < $4))))`;
+  const depthSql = queueDepthStatement(jobs, false);
+  const depthBeforeSql = queueDepthStatement(jobs, true);
   // Same predicate as the partial index jobs_queue_index, whose columns
   // (resolved_pool_id, ..., created_at) answer this from the index alone.
   const statsSql = `select count(*)::int as queued, min(created_at) as oldest from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
@@ -320,14 +337,16 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
       return selectJobs(queuedAfterSql, [poolId, limit, after.priority, after.createdAt, after.id]);
     },
 
-    async queueDepth(poolId, before) {
+    async queueDepth(poolId, before, atMost) {
       if (!isUuid(poolId)) return 0;
+      const limit = atMost ?? null;
       // "Placed before" in the order of `queued`: priority desc, created_at asc, id asc.
       const { rows } =
         before === undefined
-          ? await ctx.query<{ n: number }>(depthSql, [poolId])
-          : await ctx.query<{ n: number }>(depthBeforeSql, [poolId, before.priority, before.createdAt, before.id]);
-      return Number(rows[0]?.n ?? 0);
+          ? await ctx.query<{ n: number }>(depthSql, [poolId, limit])
+          : await ctx.query<{ n: number }>(depthBeforeSql, [poolId, limit, before.priority, before.createdAt, before.id]);
+      const n = Number(rows[0]?.n ?? 0);
+      return limit === null ? n : Math.min(n, limit);
     },
 
     async queueStats(poolId) {

@@ -3,7 +3,8 @@
 //
 // Longer than the lease TTL: the attempt ends WORKER_LOST, the job runs
 // again on the other worker, and when the partition heals the agent learns
-// it lost the lease, kills the script, and its late reports are refused.
+// it lost the lease, kills the script, and its late reports are refused
+// (or dropped, when the agent hears of the loss before it sends them).
 // Shorter than the TTL: nothing is placed again; after a reset the agent
 // reconnects, re-announces the attempt, the server adopts it, the agent
 // resends what was not acknowledged, and every line is stored once.
@@ -50,8 +51,13 @@ test("partition longer than the TTL, then heal: worker_lost, re-placed, stale re
   assert.deepEqual(countedLines((await env.readLog(job.id, 2)).data.toString()), range(25));
   const first = countedLines((await env.readLog(job.id, 1)).data.toString());
   assert.deepEqual(first, range(first.length), "attempt 1's log is a clean prefix");
+  // The healed agent either sent attempt 1's late reports, which the server
+  // refused, or learned first that the lease was lost (in the answer to its
+  // reconnect) and dropped them. Which comes first is timing; neither may
+  // touch the job, which the assertions above check.
   const refused = events(env.server, "agent_report_rejected").filter((l) => l.jobId === job.id && l.attempt === 1);
-  assert.ok(refused.length > 0, "attempt 1's late reports were refused");
+  const dropped = events(a.proc, "lease_lost").filter((l) => l.jobId === job.id && Number(l.attempt) === 1);
+  assert.ok(refused.length > 0 || dropped.length > 0, "attempt 1's late reports were refused, or dropped by the agent that lost the lease");
   await env.waitHealthy(poolId, ["long-a"], 10_000);
   await env.assertInvariants();
   await Promise.all([a.proc.stop("SIGTERM"), b.proc.stop("SIGTERM")]);

@@ -8,6 +8,9 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
 import { MikroORM } from "@mikro-orm/postgresql";
+import pg from "pg";
+import { silentLogger } from "../../src/logger.ts";
+import { FIXED_PLAN_SETTINGS, openFixedPlanPool } from "../../src/stores/postgres/open-database.ts";
 import { transitionBatchStatement, type TransitionItem } from "../../src/stores/postgres/job-batches.ts";
 import { queueDepthStatement } from "../../src/stores/postgres/job-repository.ts";
 import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
@@ -128,4 +131,77 @@ test("counting the jobs ahead of one at the back of a long queue reads no more t
   const shown = JSON.stringify(read);
   assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the count scans the jobs table: ${shown}`);
   assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 300, `the count read past its limit: ${shown}`);
+});
+
+/** Plan nodes of an EXPLAIN (FORMAT JSON) plan, as "<node type> on <relation>". */
+function planNodes(plan: Record<string, unknown>, into: string[] = []): string[] {
+  into.push(`${String(plan["Node Type"])}${plan["Relation Name"] === undefined ? "" : ` on ${String(plan["Relation Name"])}`}`);
+  for (const child of (plan.Plans as Array<Record<string, unknown>> | undefined) ?? []) planNodes(child, into);
+  return into;
+}
+
+test("on the fixed-plan settings, a transition planned while jobs was tiny still finds its jobs by key once the table has grown", async () => {
+  const table = (name: string) => `${quoteIdentifier(t.schema)}.${quoteIdentifier(name)}`;
+  const pool = await t.db.pools.create({ space: "plans", name: "fixed", description: "" });
+  // A fresh table of its own: what a new install plans its first transitions against.
+  const fresh = `fixed_${Date.now().toString(36)}`;
+  const admin = orm.em.fork().getConnection();
+  await admin.execute(`create table ${table(fresh)} (like ${table("jobs")} including all)`);
+  await admin.execute(`create table ${table(`${fresh}_attempts`)} (like ${table("job_attempts")} including all)`);
+  const client = new pg.Client({
+    connectionString: TEST_DATABASE_URL,
+    options: Object.entries(FIXED_PLAN_SETTINGS)
+      .map(([name, value]) => `-c ${name}=${value}`)
+      .join(" "),
+  });
+  await client.connect();
+  try {
+    const insertJobs = async (n: number, from: number) => {
+      await client.query(
+        `insert into ${table(fresh)} (id, space, name, script, env, run_id, required_labels, priority, exclusive, max_attempts, state, attempt, message, resolved_pool_id, pool_reason, worker_reason, builtin_worker, created_at)
+         select gen_random_uuid(), 'plans', 'f' || g, 'true', '{}', '', '{}', 0, false, 1, 'queued', 0, '', $1, '', '', false, now() from generate_series($2::int, $3::int) g`,
+        [pool.id, from, from + n - 1],
+      );
+    };
+    await insertJobs(5, 1);
+    const ids = (await client.query<{ id: string }>(`select id from ${table(fresh)} order by id limit 2`)).rows.map((row) => row.id);
+    const items: TransitionItem[] = ids.map((jobId) => ({
+      jobId,
+      fence: { states: ["queued", "assigned"] },
+      patch: { state: "assigned", workerReason: "planned once" },
+      change: undefined,
+    }));
+    const { sql, params } = transitionBatchStatement(table(fresh), table(`${fresh}_attempts`), items);
+    await client.query(`prepare transition as ${sql}`);
+    const execute = inline(`execute transition(${params.map((_, n) => `$${n + 1}`).join(", ")})`, params);
+    for (let n = 0; n < 6; n++) assert.equal((await client.query(execute)).rowCount, 2);
+    // Grown to thousands of rows, not analyzed: the plan made at five rows is the one that runs.
+    await insertJobs(5000, 6);
+    const explained = await client.query<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>(`explain (format json) ${execute}`);
+    const nodes = planNodes(explained.rows[0]!["QUERY PLAN"][0]!.Plan);
+    const { rows } = await client.query<{ generic_plans: string }>("select generic_plans from pg_prepared_statements where name = 'transition'");
+    assert.ok(Number(rows[0]?.generic_plans) > 0, "the statement runs on its generic plan, made once");
+    const scans = nodes.filter((node) => /^(Seq Scan|Hash Join|Merge Join)/.test(node));
+    assert.deepEqual(scans, [], `the cached plan reads the table whole: ${nodes.join(", ")}`);
+    assert.equal((await client.query(execute)).rowCount, 2);
+  } finally {
+    await client.end();
+  }
+});
+
+test("fixed-plan connections whose settings the server did not take are not used", async () => {
+  // "0" is a valid spelling of off, but current_setting reads back "off": as
+  // when a pooler drops the startup options, what was asked for is not there.
+  const ignored = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger(), { ...FIXED_PLAN_SETTINGS, enable_seqscan: "0" });
+  assert.ok("unavailable" in ignored && /enable_seqscan/.test(ignored.unavailable), JSON.stringify(ignored));
+  const refused = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger(), { enable_seqscan: "sometimes" });
+  assert.ok("unavailable" in refused && /enable_seqscan/.test(refused.unavailable), JSON.stringify(refused));
+  const taken = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger());
+  assert.ok("pool" in taken);
+  try {
+    const { rows } = await taken.pool.query<{ mode: string }>("select current_setting('plan_cache_mode') as mode");
+    assert.equal(rows[0]?.mode, "force_generic_plan");
+  } finally {
+    await taken.pool.end();
+  }
 });

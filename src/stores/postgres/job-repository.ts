@@ -249,11 +249,13 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
     many: insertMany,
   });
 
-  // Transitions are planned on every execution, not prepared once: a
-  // generic plan made while the jobs table was small (a new install, the
-  // first minute after start) scans the table whole, and PostgreSQL keeps
-  // it until the table is next analyzed, however big it grows meanwhile.
-  const TRANSITION_QUERY = { prepared: false };
+  // Transitions run on the fixed-plan connections (open-database.ts):
+  // planned once, through the primary keys. Without those connections they
+  // are planned on every execution, not prepared: a generic plan made while
+  // the jobs table was small (a new install, the first minute after start)
+  // scans the table whole, and PostgreSQL keeps it until the table is next
+  // analyzed, however big it grows meanwhile.
+  const TRANSITION_QUERY = { prepared: false, fixedPlan: true };
 
   /** One transition, one statement. */
   const transitionOne = async (item: TransitionItem): Promise<JobRecord | null> => {

@@ -7,6 +7,7 @@ import { mkdir } from "node:fs/promises";
 import type { MigrateOptions, MigrationInfo, Options } from "@mikro-orm/core";
 import { Migrator } from "@mikro-orm/migrations";
 import type { SqlEntityManager } from "@mikro-orm/postgresql";
+import pg from "pg";
 import { silentLogger, type Logger } from "../../logger.ts";
 import type { Database } from "../database.ts";
 import { entities } from "./entities/index.ts";
@@ -28,6 +29,26 @@ const DEFAULT_POOL_SIZE = 10;
 const MIN_POOL_SIZE = 2;
 const MIGRATIONS_TABLE = "mikro_orm_migrations";
 
+/**
+ * Session settings of the fixed-plan connections, which run the job
+ * transitions (job-repository.ts). A named statement there is planned once
+ * per connection, generically, and that plan reaches rows through indexes
+ * only. Left to choose, PostgreSQL plans a batch of transitions against a
+ * jobs table of 20 rows (a new install, a fresh schema) as a scan of the
+ * whole table, and a cached plan would go on scanning it whole as it grows
+ * to millions; so transitions used to be planned anew on every execution,
+ * which cost more than running them. Transitions find every row by its
+ * primary key, so nothing is lost by forbidding the other paths.
+ */
+export const FIXED_PLAN_SETTINGS: Readonly<Record<string, string>> = {
+  plan_cache_mode: "force_generic_plan",
+  enable_seqscan: "off",
+  enable_hashjoin: "off",
+  enable_mergejoin: "off",
+};
+/** Fixed-plan connections, besides the main pool: transitions go out in batches, a few at a time. */
+const FIXED_PLAN_POOL_SIZE = 4;
+
 export interface OpenDatabaseOptions {
   /**
    * `postgresql://user@host:port/db` selects PostgreSQL. A `schema` query
@@ -47,6 +68,9 @@ export interface OpenDatabaseOptions {
   /** PostgreSQL: run the store's raw statements as named prepared statements (default true). */
   preparedStatements?: boolean;
 }
+
+/** The fixed-plan pool, or why there is none. */
+export type FixedPlanPool = { pool: pg.Pool } | { unavailable: string };
 
 type Driver = "postgresql" | "pglite";
 
@@ -73,10 +97,25 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     throw error;
   }
 
-  const ctx = createStoreContext(orm.fork, schema, { preparedStatements: orm.driver === "postgresql" && options.preparedStatements !== false });
+  const preparedStatements = orm.driver === "postgresql" && options.preparedStatements !== false;
+  let fixed: pg.Pool | undefined;
+  if (preparedStatements && url !== undefined) {
+    const opened = await openFixedPlanPool(url, logger);
+    if ("pool" in opened) fixed = opened.pool;
+    else {
+      logger.warn(
+        { event: "fixed_plans_unavailable", reason: opened.unavailable },
+        "job transitions will be planned on every execution, on the main pool",
+      );
+    }
+  }
+  const ctx = createStoreContext(orm.fork, schema, { preparedStatements, fixedPlans: fixed });
   const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
   return {
-    close: () => orm.close(),
+    close: async () => {
+      await orm.close();
+      await fixed?.end();
+    },
     ensureSpace,
     pools,
     tokens,
@@ -85,6 +124,41 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     jobs: createJobRepository(ctx),
     logs: createLogRepository(ctx),
   };
+}
+
+/**
+ * Opens the fixed-plan connections and checks on one that the server took
+ * the settings: a pooler in between (PgBouncer) refuses or drops startup
+ * options, and its connections would plan as any other. Without them the
+ * transitions run on the main pool, planned on every execution.
+ */
+export async function openFixedPlanPool(
+  url: string,
+  logger: Logger,
+  settings: Readonly<Record<string, string>> = FIXED_PLAN_SETTINGS,
+): Promise<FixedPlanPool> {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: FIXED_PLAN_POOL_SIZE,
+    options: Object.entries(settings)
+      .map(([name, value]) => `-c ${name}=${value}`)
+      .join(" "),
+  });
+  // An idle connection the server drops is reported here; the pool replaces it.
+  pool.on("error", (error) => logger.warn({ event: "database_connection_lost", pool: "fixed-plan", err: error }, "a database connection was lost"));
+  try {
+    const names = Object.keys(settings);
+    const { rows } = await pool.query<Record<string, string>>({
+      text: `select ${names.map((_, n) => `current_setting($${n + 1}) as s${n}`).join(", ")}`,
+      values: names,
+    });
+    const ignored = names.filter((name, n) => rows[0]?.[`s${n}`] !== settings[name]);
+    if (ignored.length > 0) throw new Error(`the server did not apply ${ignored.join(", ")} (a connection pooler in between?)`);
+    return { pool };
+  } catch (error) {
+    await pool.end().catch(() => {});
+    return { unavailable: (error as Error).message };
+  }
 }
 
 /** Starts MikroORM on the driver the options select; each driver package is loaded only when used. */

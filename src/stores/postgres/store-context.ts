@@ -32,19 +32,29 @@ export interface StoreContext {
    *
    * `prepared: false` runs the statement unnamed even where statements are
    * prepared: PostgreSQL then plans it for its parameters on every
-   * execution, where a prepared statement settles on one generic plan. For
-   * statements whose best plan depends on how many rows they are given and
-   * how big the table has grown since the plan was made.
+   * execution, where a prepared statement settles on one generic plan.
+   *
+   * `fixedPlan: true` runs it as a named statement on the fixed-plan
+   * connections where there are some (see StoreContextOptions.fixedPlans):
+   * planned once per connection, through indexes only. For statements that
+   * reach every row they touch by an index key, and whose generic plan would
+   * otherwise depend on how big the table was when it was made. Without
+   * fixed-plan connections, `prepared` decides.
    */
-  query<R = Record<string, unknown>>(sql: string, params: readonly unknown[], options?: { prepared?: boolean }): Promise<RawResult<R>>;
+  query<R = Record<string, unknown>>(sql: string, params: readonly unknown[], options?: QueryOptions): Promise<RawResult<R>>;
+}
+
+export interface QueryOptions {
+  prepared?: boolean;
+  fixedPlan?: boolean;
 }
 
 /**
- * The pg pool behind MikroORM's PostgreSQL connection, as far as query()
- * uses it: a named statement is parsed once per connection and then only
- * bound and executed.
+ * A pg pool as far as query() uses it (MikroORM's, or the fixed-plan one):
+ * a named statement is parsed once per connection and then only bound and
+ * executed.
  */
-interface NativePool {
+export interface NativePool {
   query(config: { name?: string; text: string; values: unknown[] }): Promise<{ rows: unknown[]; rowCount: number | null; command: string }>;
 }
 
@@ -67,6 +77,12 @@ export interface StoreContextOptions {
    * generic plan, planning them again on every execution. PGlite: off.
    */
   preparedStatements?: boolean;
+  /**
+   * Connections whose sessions plan a named statement once, generically,
+   * without sequential scans, hash or merge joins (open-database.ts), for
+   * queries with `fixedPlan: true`. Only with preparedStatements.
+   */
+  fixedPlans?: NativePool;
 }
 
 export function createStoreContext(fork: () => SqlEntityManager, schema: string | undefined, options: StoreContextOptions = {}): StoreContext {
@@ -87,12 +103,14 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     return name;
   };
 
-  const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[], prepared: boolean) => {
+  const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[], queryOptions: QueryOptions | undefined) => {
     if (options.preparedStatements) {
-      pool ??= await (conn as unknown as { getNativeClient(): Promise<NativePool> }).getNativeClient();
+      const fixed = queryOptions?.fixedPlan === true ? options.fixedPlans : undefined;
+      const prepared = fixed !== undefined || (queryOptions?.prepared ?? true);
+      const target = fixed ?? (pool ??= await (conn as unknown as { getNativeClient(): Promise<NativePool> }).getNativeClient());
       let result;
       try {
-        result = await pool.query({ name: prepared ? nameOf(sql) : undefined, text: sql, values: params as unknown[] });
+        result = await target.query({ name: prepared ? nameOf(sql) : undefined, text: sql, values: params as unknown[] });
       } catch (error) {
         if ((error as { code?: unknown }).code !== CACHED_PLAN_CHANGED) throw error;
         // A migration (another replica's, in a rolling upgrade) changed a
@@ -100,7 +118,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
         // run them again. Every statement gets a fresh name, prepared anew.
         generation++;
         names.clear();
-        result = await pool.query({ name: nameOf(sql), text: sql, values: params as unknown[] });
+        result = await target.query({ name: nameOf(sql), text: sql, values: params as unknown[] });
       }
       return {
         rows: result.rows,
@@ -113,7 +131,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     return { rows: result.rows, affectedRows: affected === undefined ? undefined : Number(affected) };
   };
 
-  const query = async <R>(sql: string, params: readonly unknown[], queryOptions?: { prepared?: boolean }): Promise<RawResult<R>> => {
+  const query = async <R>(sql: string, params: readonly unknown[], queryOptions?: QueryOptions): Promise<RawResult<R>> => {
     if (connection === undefined || logger === undefined) {
       const em = fork();
       connection = em.getConnection("write");
@@ -122,7 +140,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
     const started = Date.now();
     let result;
     try {
-      result = await execute(connection, sql, params, queryOptions?.prepared ?? true);
+      result = await execute(connection, sql, params, queryOptions);
     } catch (error) {
       // Failures are logged like MikroORM's own: always, at error level.
       logger.logQuery({ query: sql, took: Date.now() - started, level: "error" });

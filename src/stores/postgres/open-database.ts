@@ -113,8 +113,11 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
   return {
     close: async () => {
-      await orm.close();
-      await fixed?.end();
+      try {
+        await orm.close();
+      } finally {
+        await fixed?.end();
+      }
     },
     ensureSpace,
     pools,

@@ -209,24 +209,31 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         const answer = (covered: number) => {
           state.waiters = state.waiters.filter((waiter) => (waiter.upTo <= covered ? (waiter.resolve(), false) : true));
         };
-        while (state.done < state.requested && !closed && !paused) {
-          const covered = state.requested;
-          let pending: Promise<void> | null = null;
-          try {
-            pending = (await drainOnce(poolId))?.writes ?? null;
-          } catch (error) {
-            failed(error);
+        for (;;) {
+          while (state.done < state.requested && !closed && !paused) {
+            const covered = state.requested;
+            let pending: Promise<void> | null = null;
+            try {
+              pending = (await drainOnce(poolId))?.writes ?? null;
+            } catch (error) {
+              failed(error);
+            }
+            if (writing !== null) await writing;
+            state.done = covered;
+            if (pending === null) {
+              writing = null;
+              answer(covered);
+            } else {
+              writing = pending.catch(failed).then(() => answer(covered));
+            }
           }
-          if (writing !== null) await writing;
-          state.done = covered;
-          if (pending === null) {
-            writing = null;
-            answer(covered);
-          } else {
-            writing = pending.catch(failed).then(() => answer(covered));
-          }
+          if (writing === null) break;
+          // A request made while the last writes commit (a job they placed
+          // may already have finished and freed its slot) is still this
+          // loop's: look again before leaving, with no await in between.
+          await writing;
+          writing = null;
         }
-        if (writing !== null) await writing;
         drains.delete(poolId);
         for (const waiter of state.waiters) waiter.resolve();
       })();

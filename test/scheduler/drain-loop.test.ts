@@ -20,6 +20,7 @@ import type { Database } from "../../src/stores/database.ts";
 import type { LeaseStore } from "../../src/stores/lease-store.ts";
 import { createMemoryLeaseStore } from "../../src/stores/memory/memory-lease-store.ts";
 import { openDatabase } from "../../src/stores/postgres/open-database.ts";
+import { plainJob } from "../support/jobs.ts";
 import { waitUntil } from "../support/wait.ts";
 
 const SPACE = "drain";
@@ -68,21 +69,8 @@ after(async () => {
 });
 
 function submit(name: string): Promise<JobRecord> {
-  return placer.submit({
-    space: SPACE,
-    name,
-    script: "true",
-    env: {},
-    requestedPoolId: poolId,
-    targetId: null,
-    runId: "",
-    requiredLabels: [],
-    priority: 0,
-    exclusive: false,
-    timeoutMs: null,
-    queueTimeoutMs: null,
-    maxAttempts: 1,
-  });
+  // The placer resolves the pool and stamps the job itself; of a plain job it takes what a submitter chooses.
+  return placer.submit(plainJob({ space: SPACE, name, requestedPoolId: poolId }));
 }
 
 /** What the agent's finish does to the job and its lease, short of asking for a drain. */

@@ -15,6 +15,7 @@ import { transitionBatchStatement, type TransitionItem } from "../../src/stores/
 import { queueDepthStatement } from "../../src/stores/postgres/job-repository.ts";
 import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
 import { plainJob } from "../support/jobs.ts";
+import { freePort } from "../support/net.ts";
 import { createTestDatabase, TEST_DATABASE_URL, type TestDatabase } from "../support/postgres.ts";
 
 const JOBS = 5000;
@@ -194,8 +195,14 @@ test("fixed-plan connections whose settings the server did not take are not used
   // when a pooler drops the startup options, what was asked for is not there.
   const ignored = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger(), { ...FIXED_PLAN_SETTINGS, enable_seqscan: "0" });
   assert.ok("unavailable" in ignored && /enable_seqscan/.test(ignored.unavailable), JSON.stringify(ignored));
+  assert.equal(ignored.passing, false, "settings the server ignores are not tried again");
   const refused = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger(), { enable_seqscan: "sometimes" });
   assert.ok("unavailable" in refused && /enable_seqscan/.test(refused.unavailable), JSON.stringify(refused));
+  assert.equal(refused.passing, false, "settings the server refuses are not tried again");
+  const closed = new URL(TEST_DATABASE_URL);
+  closed.port = String(await freePort());
+  const unreachable = await openFixedPlanPool(closed.toString(), silentLogger());
+  assert.ok("unavailable" in unreachable && unreachable.passing, `a refused connection is tried again: ${JSON.stringify(unreachable)}`);
   const taken = await openFixedPlanPool(TEST_DATABASE_URL, silentLogger());
   assert.ok("pool" in taken);
   try {

@@ -48,6 +48,9 @@ export const FIXED_PLAN_SETTINGS: Readonly<Record<string, string>> = {
 };
 /** Fixed-plan connections, besides the main pool: transitions go out in batches, a few at a time. */
 const FIXED_PLAN_POOL_SIZE = 4;
+/** Fixed-plan connections that could not be opened for a passing reason are tried again after this, doubling. */
+const FIXED_PLAN_RETRY_MS = 1000;
+const FIXED_PLAN_RETRY_MAX_MS = 60_000;
 
 export interface OpenDatabaseOptions {
   /**
@@ -67,10 +70,16 @@ export interface OpenDatabaseOptions {
   poolSize?: number;
   /** PostgreSQL: run the store's raw statements as named prepared statements (default true). */
   preparedStatements?: boolean;
+  /** First wait before the fixed-plan connections are tried again (tests shorten it). Default 1 s. */
+  fixedPlanRetryMs?: number;
 }
 
-/** The fixed-plan pool, or why there is none. */
-export type FixedPlanPool = { pool: pg.Pool } | { unavailable: string };
+/**
+ * The fixed-plan pool, or why there is none; `passing`: the failure was the
+ * connection's (refused, too many connections), not the settings', and
+ * trying again later may succeed.
+ */
+export type FixedPlanPool = { pool: pg.Pool } | { unavailable: string; passing: boolean };
 
 type Driver = "postgresql" | "pglite";
 
@@ -98,17 +107,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   }
 
   const preparedStatements = orm.driver === "postgresql" && options.preparedStatements !== false;
-  let fixed: pg.Pool | undefined;
-  if (preparedStatements && url !== undefined) {
-    const opened = await openFixedPlanPool(url, logger);
-    if ("pool" in opened) fixed = opened.pool;
-    else {
-      logger.warn(
-        { event: "fixed_plans_unavailable", reason: opened.unavailable },
-        "job transitions will be planned on every execution, on the main pool",
-      );
-    }
-  }
+  const fixed = createFixedPlans(url, logger, options.fixedPlanRetryMs ?? FIXED_PLAN_RETRY_MS);
+  if (preparedStatements && url !== undefined) await fixed.open();
   const ctx = createStoreContext(orm.fork, schema, { preparedStatements, fixedPlans: fixed });
   const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
   return {
@@ -116,7 +116,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
       try {
         await orm.close();
       } finally {
-        await fixed?.end();
+        await fixed.close();
       }
     },
     ensureSpace,
@@ -126,6 +126,63 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     workers: createWorkerRepository(ctx),
     jobs: createJobRepository(ctx),
     logs: createLogRepository(ctx),
+  };
+}
+
+/**
+ * The fixed-plan connections of one Database. Opened at start; when that
+ * fails for a passing reason (the server refused connections for a moment:
+ * too many, or restarting), they are tried again in the background, with a
+ * doubling wait, until they open or fail for good, and the transitions move
+ * to them from then on. Meanwhile transitions run on the main pool, planned
+ * on every execution.
+ */
+function createFixedPlans(url: string | undefined, logger: Logger, retryMs: number) {
+  let pool: pg.Pool | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let attempt: Promise<void> | undefined;
+  let closed = false;
+
+  const tryOpen = async (wait: number): Promise<void> => {
+    const opened = await openFixedPlanPool(url!, logger);
+    if (closed) {
+      if ("pool" in opened) await opened.pool.end();
+      return;
+    }
+    if ("pool" in opened) {
+      pool = opened.pool;
+      if (wait > retryMs) logger.info({ event: "fixed_plans_available" }, "job transitions run on the fixed-plan connections again");
+      return;
+    }
+    const retryInMs = opened.passing ? wait : undefined;
+    logger.warn(
+      { event: "fixed_plans_unavailable", reason: opened.unavailable, retryInMs },
+      opened.passing
+        ? "job transitions are planned on every execution, on the main pool, until the fixed-plan connections open"
+        : "job transitions will be planned on every execution, on the main pool",
+    );
+    if (retryInMs === undefined) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      attempt = tryOpen(Math.min(wait * 2, FIXED_PLAN_RETRY_MAX_MS));
+    }, retryInMs);
+    timer.unref();
+  };
+
+  return {
+    get pool() {
+      return pool;
+    },
+    async open() {
+      attempt = tryOpen(retryMs);
+      await attempt;
+    },
+    async close() {
+      closed = true;
+      clearTimeout(timer);
+      await attempt;
+      await pool?.end();
+    },
   };
 }
 
@@ -156,12 +213,28 @@ export async function openFixedPlanPool(
       values: names,
     });
     const ignored = names.filter((name, n) => rows[0]?.[`s${n}`] !== settings[name]);
-    if (ignored.length > 0) throw new Error(`the server did not apply ${ignored.join(", ")} (a connection pooler in between?)`);
+    if (ignored.length > 0) {
+      await pool.end();
+      return { unavailable: `the server did not apply ${ignored.join(", ")} (a connection pooler in between?)`, passing: false };
+    }
     return { pool };
   } catch (error) {
     await pool.end().catch(() => {});
-    return { unavailable: (error as Error).message };
+    return { unavailable: (error as Error).message, passing: isPassing(error) };
   }
+}
+
+/**
+ * Failures worth trying again: the connection's own (refused, reset, closed,
+ * timed out: no answer from PostgreSQL), and PostgreSQL's SQLSTATE class 08
+ * (connection exception), 53 (insufficient resources: too many connections)
+ * and 57P03 (cannot connect now: the server is starting). Any other answer
+ * from PostgreSQL (a setting it refuses) will be the same next time.
+ */
+function isPassing(error: unknown): boolean {
+  if (!(error instanceof pg.DatabaseError)) return true;
+  const code = error.code ?? "";
+  return code.startsWith("08") || code.startsWith("53") || code === "57P03";
 }
 
 /** Starts MikroORM on the driver the options select; each driver package is loaded only when used. */

@@ -80,9 +80,11 @@ export interface StoreContextOptions {
   /**
    * Connections whose sessions plan a named statement once, generically,
    * without sequential scans, hash or merge joins (open-database.ts), for
-   * queries with `fixedPlan: true`. Only with preparedStatements.
+   * queries with `fixedPlan: true`, read at each query: they may come
+   * later than the store (open-database.ts retries them). Only with
+   * preparedStatements.
    */
-  fixedPlans?: NativePool;
+  fixedPlans?: { readonly pool: NativePool | undefined };
 }
 
 export function createStoreContext(fork: () => SqlEntityManager, schema: string | undefined, options: StoreContextOptions = {}): StoreContext {
@@ -105,7 +107,7 @@ export function createStoreContext(fork: () => SqlEntityManager, schema: string 
 
   const execute = async (conn: AbstractSqlConnection, sql: string, params: readonly unknown[], queryOptions: QueryOptions | undefined) => {
     if (options.preparedStatements) {
-      const fixed = queryOptions?.fixedPlan === true ? options.fixedPlans : undefined;
+      const fixed = queryOptions?.fixedPlan === true ? options.fixedPlans?.pool : undefined;
       const prepared = fixed !== undefined || (queryOptions?.prepared ?? true);
       const target = fixed ?? (pool ??= await (conn as unknown as { getNativeClient(): Promise<NativePool> }).getNativeClient());
       let result;

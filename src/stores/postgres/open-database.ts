@@ -107,8 +107,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   }
 
   const preparedStatements = orm.driver === "postgresql" && options.preparedStatements !== false;
-  const fixed = createFixedPlans(url, logger, options.fixedPlanRetryMs ?? FIXED_PLAN_RETRY_MS);
-  if (preparedStatements && url !== undefined) await fixed.open();
+  const fixed = createFixedPlans(logger, options.fixedPlanRetryMs ?? FIXED_PLAN_RETRY_MS);
+  if (preparedStatements && url !== undefined) await fixed.open(url);
   const ctx = createStoreContext(orm.fork, schema, { preparedStatements, fixedPlans: fixed });
   const { ensureSpace, pools, tokens } = createPoolRepository(ctx);
   return {
@@ -137,14 +137,14 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
  * to them from then on. Meanwhile transitions run on the main pool, planned
  * on every execution.
  */
-function createFixedPlans(url: string | undefined, logger: Logger, retryMs: number) {
+function createFixedPlans(logger: Logger, retryMs: number) {
   let pool: pg.Pool | undefined;
   let timer: NodeJS.Timeout | undefined;
   let attempt: Promise<void> | undefined;
   let closed = false;
 
-  const tryOpen = async (wait: number): Promise<void> => {
-    const opened = await openFixedPlanPool(url!, logger);
+  const tryOpen = async (url: string, wait: number): Promise<void> => {
+    const opened = await openFixedPlanPool(url, logger);
     if (closed) {
       if ("pool" in opened) await opened.pool.end();
       return;
@@ -164,7 +164,7 @@ function createFixedPlans(url: string | undefined, logger: Logger, retryMs: numb
     if (retryInMs === undefined) return;
     timer = setTimeout(() => {
       timer = undefined;
-      attempt = tryOpen(Math.min(wait * 2, FIXED_PLAN_RETRY_MAX_MS));
+      attempt = tryOpen(url, Math.min(wait * 2, FIXED_PLAN_RETRY_MAX_MS));
     }, retryInMs);
     timer.unref();
   };
@@ -173,8 +173,8 @@ function createFixedPlans(url: string | undefined, logger: Logger, retryMs: numb
     get pool() {
       return pool;
     },
-    async open() {
-      attempt = tryOpen(retryMs);
+    async open(url: string) {
+      attempt = tryOpen(url, retryMs);
       await attempt;
     },
     async close() {

@@ -118,6 +118,14 @@ export interface JobRecord {
   queueDeadline: Date | null;
 }
 
+/** Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index). */
+export function queueOrder(a: JobRecord, b: JobRecord): number {
+  if (a.priority !== b.priority) return b.priority - a.priority;
+  const at = a.createdAt.getTime() - b.createdAt.getTime();
+  if (at !== 0) return at;
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
 export type AttemptState = "assigned" | "running" | "ended";
 
 export interface AttemptRecord {

@@ -56,6 +56,15 @@ describe("decideOnChoice", () => {
     assert.equal(decideOnChoice({ ...base, choice, queueDeadlineMs: 5000, now: 5000 }).kind, "fail");
   });
 
+  test("a job waiting for a healthy worker reads the same on every pass: it names its deadline", () => {
+    const choice = { ok: false, code: "no_healthy_worker", healthy: 0, matching: 0 } as const;
+    const deadline = Date.parse("2026-11-23T22:50:00.250Z");
+    const early = decideOnChoice({ ...base, choice, queueDeadlineMs: deadline, now: deadline - 25_000 });
+    const later = decideOnChoice({ ...base, choice, queueDeadlineMs: deadline, now: deadline - 3_000 });
+    assert.deepEqual(early, { kind: "wait", reason: "pool linux has no healthy worker; waiting for one until 2026-11-23T22:50:00Z" });
+    assert.deepEqual(later, early);
+  });
+
   test("healthy workers without the labels: names the labels", () => {
     const outcome = decideOnChoice({ ...base, requiredLabels: ["gpu"], choice: { ok: false, code: "no_healthy_worker", healthy: 2, matching: 0 } });
     assert.deepEqual(outcome, { kind: "fail", reason: "no_healthy_worker", message: "pool linux has 2 healthy workers but none carries labels gpu" });

@@ -92,8 +92,10 @@ export function decideOnChoice(input: {
       ? `pool ${poolName}${via} has no healthy worker`
       : `pool ${poolName}${via} has ${workers(choice.healthy)} but none${labelText(input.requiredLabels).replace(" with", " carries")}`;
   if (input.queueDeadlineMs !== null && input.now < input.queueDeadlineMs) {
-    const left = Math.ceil((input.queueDeadlineMs - input.now) / 1000);
-    return { kind: "wait", reason: `${what}; waiting up to ${left}s more for one` };
+    // The deadline, not the time left: the reason reads the same on every
+    // pass, so a waiting job's row is not rewritten each time the pool is drained.
+    const until = new Date(input.queueDeadlineMs).toISOString().replace(/\.\d{3}Z$/, "Z");
+    return { kind: "wait", reason: `${what}; waiting for one until ${until}` };
   }
   return { kind: "fail", reason: "no_healthy_worker", message: what };
 }

@@ -18,9 +18,10 @@
 
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.ts";
+import type { Choice } from "../core/choose-worker.ts";
 import { decideOnChoice, routeJob } from "../core/placement-decision.ts";
 import { resolvePool, type PoolRef, type TargetRef } from "../core/resolve-pool.ts";
-import type { AttemptRecord, JobRecord, WorkerPoolRecord } from "../domain.ts";
+import { queueOrder, type AttemptRecord, type JobRecord, type WorkerPoolRecord } from "../domain.ts";
 import { queuedJobRecord, type Database, type NewJob } from "../stores/database.ts";
 import type { AcquireRequest, LeaseStore } from "../stores/lease-store.ts";
 import type { ConfigCache } from "./config-cache.ts";
@@ -28,6 +29,8 @@ import type { JobEvents } from "./job-events.ts";
 import { encodeWorkerMessage } from "./worker-messages.ts";
 
 type AcquireChoices = Awaited<ReturnType<LeaseStore["acquireMany"]>>;
+/** The lease store's answer when a pool has no healthy worker at all. */
+type NoHealthyWorker = Extract<Choice, { ok: false }>;
 
 /** Queued jobs read per pass. */
 const DRAIN_BATCH = 64;
@@ -336,6 +339,14 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         if (wholeQueue && !page.queuedFresh) return { writes: page.writes };
         await page.writes;
         if (page.outcome === "blocked") return null;
+        if (page.unhealthy !== null && !wholeQueue) {
+          // The pool has no healthy worker: no job further back can be
+          // placed either, and reading the rest of the queue page by page
+          // would cost every pass (every submit) the whole backlog. Only
+          // the jobs that cannot wait are looked up, through their index.
+          await failNotWaiting(pool, page.unhealthy, targetNames);
+          return null;
+        }
       } else {
         for (const job of queued) {
           if ((await placeElsewhere(job, route)) === "blocked") return null;
@@ -370,27 +381,24 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     targetNames: Map<string, string | null>,
     fresh: Map<string, Submission>,
     chosen?: Promise<AcquireChoices>,
-  ): Promise<{ outcome: "placed" | "blocked"; writes: Promise<void>; queuedFresh: boolean }> {
+  ): Promise<{ outcome: "placed" | "blocked"; writes: Promise<void>; queuedFresh: boolean; unhealthy: NoHealthyWorker | null }> {
     const choices = await (chosen ?? leases.acquireMany(queued.map((job) => acquireRequest(job, pool))));
     const now = Date.now();
     let blocked = choices.length < queued.length;
     let storeHolds: boolean | undefined;
     let queuedFresh = false;
+    let unhealthy: NoHealthyWorker | null = null;
     const writes: Array<Promise<unknown>> = [];
     for (let n = 0; n < choices.length; n++) {
       const job = queued[n]!;
       const choice = choices[n]!;
       // Another replica is placing this attempt; its lease is not ours to release.
       if (choice === "held") continue;
-      let targetName: string | null = null;
-      if (job.targetId !== null && job.poolRule === "target_default") {
-        if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
-        targetName = targetNames.get(job.targetId) ?? null;
-      }
+      if (!choice.ok && choice.code === "no_healthy_worker" && choice.healthy === 0) unhealthy ??= choice;
       const outcome = decideOnChoice({
         choice,
         poolName: pool.name,
-        targetName,
+        targetName: await targetNameOf(job, targetNames),
         requiredLabels: job.requiredLabels,
         exclusive: job.exclusive,
         queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
@@ -432,7 +440,43 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       const failure = settled.find((result) => result.status === "rejected");
       if (failure !== undefined) throw failure.reason;
     });
-    return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh };
+    return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh, unhealthy };
+  }
+
+  /** The target a job's pool came from, by name, for its placement reason (cached per pass). */
+  async function targetNameOf(job: JobRecord, targetNames: Map<string, string | null>): Promise<string | null> {
+    if (job.targetId === null || job.poolRule !== "target_default") return null;
+    if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
+    return targetNames.get(job.targetId) ?? null;
+  }
+
+  /**
+   * The pool has no healthy worker (`unhealthy`, as the lease store said):
+   * fails its queued jobs that did not ask to wait for one, or whose wait is
+   * over, wherever they are in the queue. The rest keep waiting.
+   */
+  async function failNotWaiting(pool: WorkerPoolRecord, unhealthy: NoHealthyWorker, targetNames: Map<string, string | null>): Promise<void> {
+    if (options.verifyStore !== undefined && !(await options.verifyStore())) return;
+    for (;;) {
+      const now = Date.now();
+      const jobs = await db.jobs.queuedNotWaiting(pool.id, new Date(now), DRAIN_BATCH);
+      const failures: Array<Promise<unknown>> = [];
+      for (const job of jobs) {
+        const outcome = decideOnChoice({
+          choice: unhealthy,
+          poolName: pool.name,
+          targetName: await targetNameOf(job, targetNames),
+          requiredLabels: job.requiredLabels,
+          exclusive: job.exclusive,
+          queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
+          now,
+        });
+        if (outcome.kind === "fail") failures.push(fail(job, outcome.reason, outcome.message));
+      }
+      await Promise.all(failures);
+      // A full page again only if its jobs left the queue (another replica may have taken them first).
+      if (jobs.length < DRAIN_BATCH || failures.length === 0 || closed || paused) return;
+    }
   }
 
   function acquireRequest(job: JobRecord, pool: WorkerPoolRecord): AcquireRequest {
@@ -667,12 +711,4 @@ function newSubmission(job: NewJob): Submission {
     },
   };
   return submission;
-}
-
-/** Placement order: priority desc, created_at asc, id asc (the order of jobs_queue_index). */
-function queueOrder(a: JobRecord, b: JobRecord): number {
-  if (a.priority !== b.priority) return b.priority - a.priority;
-  const at = a.createdAt.getTime() - b.createdAt.getTime();
-  if (at !== 0) return at;
-  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
 }

@@ -205,6 +205,12 @@ export interface Database {
     poolsWithQueuedJobs(): Promise<string[]>;
     /** Queued jobs whose queue deadline is before `now`. */
     queueExpired(now: Date, limit: number): Promise<JobRecord[]>;
+    /**
+     * Queued jobs of a pool that are not waiting for a healthy worker: no
+     * queue deadline, or one at or before `now`. At most `limit` of them, not
+     * necessarily the first in the queue; in queue order among themselves.
+     */
+    queuedNotWaiting(poolId: string, now: Date, limit: number): Promise<JobRecord[]>;
     attempts(jobId: string): Promise<AttemptRecord[]>;
     /** Attempts in state assigned or running (their leases should exist). */
     liveAttempts(): Promise<AttemptRecord[]>;

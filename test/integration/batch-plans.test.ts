@@ -12,7 +12,7 @@ import pg from "pg";
 import { silentLogger } from "../../src/logger.ts";
 import { FIXED_PLAN_SETTINGS, openFixedPlanPool } from "../../src/stores/postgres/open-database.ts";
 import { transitionBatchStatement, type TransitionItem } from "../../src/stores/postgres/job-batches.ts";
-import { queueDepthStatement } from "../../src/stores/postgres/job-repository.ts";
+import { queueDepthStatement, queuedNotWaitingStatement } from "../../src/stores/postgres/job-repository.ts";
 import { quoteIdentifier } from "../../src/stores/postgres/store-context.ts";
 import { plainJob } from "../support/jobs.ts";
 import { freePort } from "../support/net.ts";
@@ -81,10 +81,13 @@ test("a batch of transitions reads the jobs it changes by id, not by scanning th
   assert.equal((await t.db.jobs.queueStats(pool.id)).queued, JOBS - 3);
 });
 
-/** Rows each scan node of an EXPLAIN (ANALYZE, FORMAT JSON) plan read, and the node types. */
+/** Rows each scan node of an EXPLAIN (ANALYZE, FORMAT JSON) plan read (kept or filtered out), and the node types. */
 function scans(plan: Record<string, unknown>, into: Array<{ type: string; rows: number }> = []) {
   const type = String(plan["Node Type"]);
-  if (type.endsWith("Scan") && plan["Relation Name"] === "jobs") into.push({ type, rows: Number(plan["Actual Rows"]) });
+  const count = (key: string) => Number(plan[key] ?? 0);
+  if (type.endsWith("Scan") && plan["Relation Name"] === "jobs") {
+    into.push({ type, rows: count("Actual Rows") + count("Rows Removed by Filter") + count("Rows Removed by Index Recheck") });
+  }
   for (const child of (plan.Plans as Array<Record<string, unknown>> | undefined) ?? []) scans(child, into);
   return into;
 }
@@ -132,6 +135,57 @@ test("counting the jobs ahead of one at the back of a long queue reads no more t
   const shown = JSON.stringify(read);
   assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the count scans the jobs table: ${shown}`);
   assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 300, `the count read past its limit: ${shown}`);
+});
+
+// A pool with no healthy worker: every pass (every submit) looks for the
+// queued jobs that cannot wait. Reading the pool's whole queue for them cost
+// each submit the backlog; reading every pool's jobs without a deadline
+// (jobs_queue_deadline_index) costs it the other pools' backlogs.
+test("finding the jobs that cannot wait in a long queue of waiting ones reads only those", async () => {
+  const pool = await t.db.pools.create({ space: "plans", name: "waiting", description: "" });
+  const now = Date.now();
+  const waitUntil = new Date(now + 3_600_000);
+  for (let n = 0; n < 2000; n += 200) {
+    await Promise.all(
+      Array.from({ length: 200 }, (_, k) =>
+        t.db.jobs.create(
+          plainJob({ space: "plans", name: `wait-${n + k}`, resolvedPoolId: pool.id, poolRule: "explicit", createdAt: new Date(now + n + k), queueDeadline: waitUntil }),
+        ),
+      ),
+    );
+  }
+  // Another pool's backlog of jobs that never asked to wait (its workers are busy).
+  const busy = await t.db.pools.create({ space: "plans", name: "busy", description: "" });
+  for (let n = 0; n < 1000; n += 200) {
+    await Promise.all(
+      Array.from({ length: 200 }, (_, k) =>
+        t.db.jobs.create(plainJob({ space: "plans", name: `busy-${n + k}`, resolvedPoolId: busy.id, poolRule: "explicit", createdAt: new Date(now + n + k) })),
+      ),
+    );
+  }
+  const doomed = await Promise.all([
+    t.db.jobs.create(plainJob({ space: "plans", name: "no-deadline", resolvedPoolId: pool.id, poolRule: "explicit", createdAt: new Date(now + 5000) })),
+    t.db.jobs.create(
+      plainJob({ space: "plans", name: "past", resolvedPoolId: pool.id, poolRule: "explicit", createdAt: new Date(now + 5001), queueDeadline: new Date(now - 1) }),
+    ),
+  ]);
+  await orm.em.fork().getConnection().execute(`analyze ${quoteIdentifier(t.schema)}.jobs`);
+  const found = await t.db.jobs.queuedNotWaiting(pool.id, new Date(now), 64);
+  assert.deepEqual(
+    found.map((job) => job.name),
+    doomed.map((job) => job.name),
+  );
+
+  const sql = queuedNotWaitingStatement(`${quoteIdentifier(t.schema)}.jobs`);
+  const params = [pool.id, new Date(now).toISOString(), 64];
+  const explained = await orm.em
+    .fork()
+    .getConnection()
+    .execute<Array<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>>(`explain (analyze, format json) ${inline(sql, params)}`);
+  const read = scans(explained[0]!["QUERY PLAN"][0]!.Plan);
+  const shown = JSON.stringify(read);
+  assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the lookup scans the jobs table: ${shown}`);
+  assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 10, `the lookup read the waiting jobs: ${shown}`);
 });
 
 /** Plan nodes of an EXPLAIN (FORMAT JSON) plan, as "<node type> on <relation>". */

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { MikroORM } from "@mikro-orm/postgresql";
 import { pino } from "pino";
 import type { JobRecord, LogChunkRecord } from "../../src/domain.ts";
@@ -333,6 +334,8 @@ describe("PostgreSQL database", () => {
       const pool = await db.ensureSpace(space);
       const other = await db.pools.create({ space, name: "other", description: "" });
       const first = await db.workers.create(workerInput(space, pool.id, { name: "w1" }));
+      // Created in the same millisecond, the two would tie on created_at and be listed in id order.
+      await sleep(5);
       const second = await db.workers.create(workerInput(space, other.id, { name: "w2" }));
       assert.equal(first.state, "enabled");
       assert.equal(first.lastSeenAt, null);
@@ -737,6 +740,29 @@ describe("PostgreSQL database", () => {
       );
       assert.ok(!expired.some((job) => job.id === notYet.id));
       assert.equal((await db.jobs.queueExpired(new Date(base + 5000), 1)).length, 1);
+    });
+
+    test("queuedNotWaiting returns a pool's queued jobs without a deadline or past it, in queue order among themselves", async () => {
+      const space = freshSpace();
+      const pool = await db.ensureSpace(space);
+      const other = await db.pools.create({ space, name: "other", description: "" });
+      const base = Date.parse("2030-01-01T00:00:00.000Z");
+      const at = (ms: number) => new Date(base + ms);
+      const noDeadline = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(1) }));
+      const past = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(2), queueDeadline: at(100) }));
+      const exactlyNow = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(3), queueDeadline: at(500) }));
+      const urgent = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(4), priority: 5 }));
+      await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(5), queueDeadline: at(9000) })); // still waits
+      await db.jobs.create(newJob(space, { resolvedPoolId: other.id, createdAt: at(6) })); // another pool
+      const placed = await db.jobs.create(newJob(space, { resolvedPoolId: pool.id, createdAt: at(7) }));
+      await db.jobs.transition(placed.id, { states: ["queued"] }, { state: "assigned", attempt: 1 });
+      const found = await db.jobs.queuedNotWaiting(pool.id, at(500), 10);
+      assert.deepEqual(
+        found.map((job) => job.id),
+        [urgent.id, noDeadline.id, past.id, exactlyNow.id],
+      );
+      assert.equal((await db.jobs.queuedNotWaiting(pool.id, at(500), 2)).length, 2);
+      assert.deepEqual(await db.jobs.queuedNotWaiting("not-a-uuid", at(500), 10), []);
     });
 
     test("list pages newest first with `after`, and filters", async () => {

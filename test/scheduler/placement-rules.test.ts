@@ -256,7 +256,7 @@ describe("placement rules", () => {
     const pool = await h.pools.createWorkerPool({ space: s, name: "later" });
     const job = (await h.jobs.submitJob({ space: s, name: "t", script: "true", workerPoolId: pool.workerPool!.id, queueTimeout: durationFromMs(10_000) })).job!;
     assert.equal(job.state, JobState.QUEUED);
-    assert.match(job.placement!.workerReason, /no healthy worker; waiting up to/);
+    assert.match(job.placement!.workerReason, /no healthy worker; waiting for one until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ/);
     await startWorker(pool.registrationToken);
     assert.equal((await finished(job.id)).state, JobState.SUCCEEDED);
   });

@@ -15,7 +15,7 @@
 // driver (ctx.query) and mapped to records by hand: these are the scheduler's
 // hot paths, and MikroORM's QueryBuilder costs far more CPU than the query.
 
-import type { AttemptRecord, JobRecord } from "../../domain.ts";
+import { queueOrder, type AttemptRecord, type JobRecord } from "../../domain.ts";
 import { queuedJobRecord, type Database } from "../database.ts";
 import {
   createBatcher,
@@ -130,6 +130,17 @@ interface NewJobItem {
 }
 
 /**
+ * Queued jobs of a pool ($1) without a queue deadline or past it ($2), at
+ * most $3: one range of jobs_pool_queue_deadline_index (no deadline reads as
+ * -infinity), so neither the pool's jobs still waiting nor other pools' jobs
+ * are read.
+ */
+export function queuedNotWaitingStatement(jobsTable: string): string {
+  const deadline = "coalesce(queue_deadline, '-infinity'::timestamptz)";
+  return `select * from ${jobsTable} where resolved_pool_id = $1 and state = 'queued' and ${deadline} <= $2 order by ${deadline} limit $3`;
+}
+
+/**
  * Counts a pool's queued jobs ($1), up to $2 (null: all); `before`: only
  * those ahead of the job with priority $3, created_at $4 and id $5. Each part
  * reads one range of jobs_queue_index in its order and stops at the limit, so
@@ -172,6 +183,7 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const statsSql = `select count(*)::int as queued, min(created_at) as oldest from ${jobs} where resolved_pool_id = $1 and state = 'queued'`;
   const poolsWithQueuedSql = `select distinct resolved_pool_id from ${jobs} where state = 'queued' and resolved_pool_id is not null`;
   const queueExpiredSql = `select * from ${jobs} where state = 'queued' and queue_deadline < $1 order by queue_deadline asc, id asc limit $2`;
+  const queuedNotWaitingSql = queuedNotWaitingStatement(jobs);
   const attemptsOrder = "order by job_id asc, attempt asc";
   const attemptsSql = `select * from ${attempts} where job_id = $1 ${attemptsOrder}`;
   // `<> 'ended'` rather than `in ('assigned', 'running')`: the same rows,
@@ -365,6 +377,11 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
 
     async queueExpired(now, limit) {
       return selectJobs(queueExpiredSql, [now, limit]);
+    },
+
+    async queuedNotWaiting(poolId, now, limit) {
+      if (!isUuid(poolId)) return [];
+      return (await selectJobs(queuedNotWaitingSql, [poolId, now, limit])).sort(queueOrder);
     },
 
     async attempts(jobId) {

@@ -74,6 +74,15 @@ export const JobEntity = defineEntity({
     },
     // Queued jobs that asked to wait, by deadline.
     { name: "jobs_queue_deadline_index", properties: ["queueDeadline"], where: { state: "queued" } },
+    // A pool's queued jobs by deadline, those without one first (as
+    // -infinity): the jobs that cannot wait once the pool has no healthy
+    // worker are one range of it, read without reading the queue whole.
+    {
+      name: "jobs_pool_queue_deadline_index",
+      expression:
+        `create index "jobs_pool_queue_deadline_index" on "jobs" ("resolved_pool_id", (coalesce("queue_deadline", '-infinity'::timestamptz))) ` +
+        `where "state" = 'queued'`,
+    },
     // Listing a space newest first (keyset on created_at, id).
     { name: "jobs_space_created_at_index", properties: ["space", "createdAt", "id"] },
   ],

@@ -3,5 +3,6 @@
 
 import { Migration20261123103027_initial } from "./Migration20261123103027_initial.ts";
 import { Migration20261123104012_targets } from "./Migration20261123104012_targets.ts";
+import { Migration20261123225251_pool_queue_deadline } from "./Migration20261123225251_pool_queue_deadline.ts";
 
-export const migrations = [Migration20261123103027_initial, Migration20261123104012_targets];
+export const migrations = [Migration20261123103027_initial, Migration20261123104012_targets, Migration20261123225251_pool_queue_deadline];

@@ -2,6 +2,7 @@
 // schema, a worker process and a producer process, the measured window, the
 // loss and duplicate checks, and clean-up.
 
+import { performance } from "node:perf_hooks";
 import { startChild, type Child } from "../lib/child.ts";
 import { addProcessMetrics, addServerMetrics, emptyFigure, openWindow, type Figure } from "../lib/figure.ts";
 import { latencyMetrics } from "../lib/latency.ts";
@@ -33,14 +34,48 @@ export async function withPeer<T>(system: PeerName, body: (ctx: PeerContext, wor
 
 const pgCount = (sql: string) => withPg(async (c) => (await c.query(sql)).rows[0].n as number);
 
+/** S2's two cases (bench/scenarios/s2-drain.ts), as the table's "case" column names them. */
+export const BACKLOG = "backlog";
+export const WITH_PRODUCER = "with producer";
+
 export async function runPeer(scenario: string, system: PeerName, size: Record<string, number>, run: number): Promise<Figure[]> {
-  if (scenario === "s2") return [await drain(system, size, run)];
+  if (scenario === "s2") return [await drainBacklog(system, size, run), await drain(system, size, run)];
   if (scenario === "s3") return openLoop(system, size, run);
   throw new Error(`no peer run for ${scenario}`);
 }
 
+/** All jobs added first, then the workers start: jobs/s from their start to the last completion. */
+async function drainBacklog(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
+  const figure = emptyFigure("s2", system, BACKLOG, run);
+  await withPeer(system, async (ctx, worker, producer) => {
+    await producer.call("start", { ctx });
+    const p = await producer.call<{ startedAt: number; endedAt: number; errors: number; firstError: string }>(
+      "closed",
+      { count: size.jobs, concurrency: size.inFlight, namePrefix: "j" },
+      600_000,
+    );
+    if (p.errors > 0) figure.errors.push(`${p.errors} adds failed: ${p.firstError}`);
+    figure.metrics.submitPerS = size.jobs / ((p.endedAt - p.startedAt) / 1000);
+    const window = await openWindow([worker, producer]);
+    const startedAt = performance.timeOrigin + performance.now();
+    await worker.call("start", { ctx, workers: size.workers, slots: size.slots });
+    const d = await worker.call<{ lastCompletedAt: number; duplicates: number; distinct: number }>("waitFor", { completed: size.jobs, timeoutMs: 600_000 }, 610_000);
+    const w = await window.close();
+    figure.processes = w.processes;
+    figure.servers = w.servers;
+    figure.metrics.jobsPerS = size.jobs / ((d.lastCompletedAt - startedAt) / 1000);
+    await worker.call("stop", undefined, 30_000);
+    figure.lost = size.jobs - d.distinct + (await unfinished(ctx, pgCount));
+    figure.duplicated = d.duplicates;
+  });
+  addProcessMetrics(figure, { workers: "workers", producer: "producer" });
+  addServerMetrics(figure);
+  return figure;
+}
+
+/** The workers run while the producer adds: jobs/s from the first add to the last completion. */
 async function drain(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
-  const figure = emptyFigure("s2", system, "", run);
+  const figure = emptyFigure("s2", system, WITH_PRODUCER, run);
   await withPeer(system, async (ctx, worker, producer) => {
     await worker.call("start", { ctx, workers: size.workers, slots: size.slots });
     await producer.call("start", { ctx });

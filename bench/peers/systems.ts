@@ -7,7 +7,7 @@
 // Concurrency is the same total for every system: `workers` x `slots`.
 //   BullMQ           `workers` Worker instances, concurrency `slots` each
 //   graphile-worker  one runner, concurrency workers x slots (its worker pool)
-//   pg-boss          localConcurrency `workers`, batchSize `slots`
+//   pg-boss          localConcurrency `workers`, batchSize `slots` (burstWhenBatchFull)
 
 import { EventEmitter } from "node:events";
 import { Queue, Worker } from "bullmq";
@@ -117,7 +117,11 @@ export async function startWorkers(
       await boss.start();
       await boss.work(
         ctx.queue,
-        { localConcurrency: shape.workers, batchSize: shape.slots, pollingIntervalSeconds: 0.5 } as never,
+        // burstWhenBatchFull: fetch again at once while batches come back
+        // full. Without it a worker that is not notified (the jobs were
+        // queued before it started) waits out the 30 s backstop between
+        // batches once LISTEN/NOTIFY is up.
+        { localConcurrency: shape.workers, batchSize: shape.slots, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true } as never,
         (async (jobs: Array<{ data: Payload }>) => {
           for (const job of jobs) onStart(job.data);
           // pg-boss completes the batch after the handler resolves; the

@@ -24,7 +24,13 @@ const now = () => performance.timeOrigin + performance.now();
 /** Open loop: submits still unanswered beyond this stop the generator (it reports the overload). */
 const MAX_IN_FLIGHT = 5000;
 
-type SubmitRequest = { name: string; workerPoolId: string; script: string; env: Record<string, string> };
+type SubmitRequest = {
+  name: string;
+  workerPoolId: string;
+  script: string;
+  env: Record<string, string>;
+  queueTimeout?: { seconds: bigint; nanos: number };
+};
 
 function jobs(api: string): { submitJob(request: SubmitRequest): Promise<unknown> } {
   if (process.env.MUSTER_BENCH_CLIENT === "connect") {
@@ -42,12 +48,15 @@ function jobs(api: string): { submitJob(request: SubmitRequest): Promise<unknown
   };
 }
 
-function request(poolId: string, name: string): SubmitRequest {
-  return { name, workerPoolId: poolId, script: "true", env: { N: name } };
+/** `queueTimeoutMs`: the job waits that long for a healthy worker (a backlog built while the workers are away). */
+function request(poolId: string, name: string, queueTimeoutMs = 0): SubmitRequest {
+  const submit: SubmitRequest = { name, workerPoolId: poolId, script: "true", env: { N: name } };
+  if (queueTimeoutMs > 0) submit.queueTimeout = { seconds: BigInt(Math.floor(queueTimeoutMs / 1000)), nanos: (queueTimeoutMs % 1000) * 1e6 };
+  return submit;
 }
 
 serveCommands({
-  async closed(args: { api: string; poolId: string; count: number; concurrency: number; namePrefix: string }) {
+  async closed(args: { api: string; poolId: string; count: number; concurrency: number; namePrefix: string; queueTimeoutMs?: number }) {
     const client = jobs(args.api);
     const startedAt = now();
     let next = 0;
@@ -59,7 +68,7 @@ serveCommands({
         const name = `${args.namePrefix}-${next++}`;
         const t = now();
         try {
-          await client.submitJob(request(args.poolId, name));
+          await client.submitJob(request(args.poolId, name, args.queueTimeoutMs));
           submitted.push([name, t]);
         } catch (error) {
           errors++;

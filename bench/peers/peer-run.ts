@@ -4,7 +4,7 @@
 
 import { performance } from "node:perf_hooks";
 import { startChild, type Child } from "../lib/child.ts";
-import { addProcessMetrics, addServerMetrics, emptyFigure, openWindow, type Figure } from "../lib/figure.ts";
+import { addProcessMetrics, addServerMetrics, emptyFigure, openWindow, type Figure, type Window } from "../lib/figure.ts";
 import { latencyMetrics } from "../lib/latency.ts";
 import { createSchema, deleteKeys, dropSchema, redisPrefix, runId, schemaName, withPg } from "../lib/stores.ts";
 import { prepare, unfinished, type PeerContext, type PeerName } from "./systems.ts";
@@ -44,53 +44,49 @@ export async function runPeer(scenario: string, system: PeerName, size: Record<s
   throw new Error(`no peer run for ${scenario}`);
 }
 
+type Produced = { startedAt: number; endedAt: number; errors: number; firstError: string };
+type Drained = { lastCompletedAt: number; duplicates: number; distinct: number };
+
 /** All jobs added first, then the workers start: jobs/s from their start to the last completion. */
-async function drainBacklog(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
-  const figure = emptyFigure("s2", system, BACKLOG, run);
-  await withPeer(system, async (ctx, worker, producer) => {
+function drainBacklog(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
+  return drainCase(system, size, run, BACKLOG, async (ctx, worker, producer) => {
     await producer.call("start", { ctx });
-    const p = await producer.call<{ startedAt: number; endedAt: number; errors: number; firstError: string }>(
-      "closed",
-      { count: size.jobs, concurrency: size.inFlight, namePrefix: "j" },
-      600_000,
-    );
-    if (p.errors > 0) figure.errors.push(`${p.errors} adds failed: ${p.firstError}`);
-    figure.metrics.submitPerS = size.jobs / ((p.endedAt - p.startedAt) / 1000);
+    const p = await producer.call<Produced>("closed", { count: size.jobs, concurrency: size.inFlight, namePrefix: "j" }, 600_000);
     const window = await openWindow([worker, producer]);
     const startedAt = performance.timeOrigin + performance.now();
     await worker.call("start", { ctx, workers: size.workers, slots: size.slots });
-    const d = await worker.call<{ lastCompletedAt: number; duplicates: number; distinct: number }>("waitFor", { completed: size.jobs, timeoutMs: 600_000 }, 610_000);
-    const w = await window.close();
-    figure.processes = w.processes;
-    figure.servers = w.servers;
-    figure.metrics.jobsPerS = size.jobs / ((d.lastCompletedAt - startedAt) / 1000);
-    await worker.call("stop", undefined, 30_000);
-    figure.lost = size.jobs - d.distinct + (await unfinished(ctx, pgCount));
-    figure.duplicated = d.duplicates;
+    const d = await worker.call<Drained>("waitFor", { completed: size.jobs, timeoutMs: 600_000 }, 610_000);
+    return { p, d, startedAt, window: await window.close() };
   });
-  addProcessMetrics(figure, { workers: "workers", producer: "producer" });
-  addServerMetrics(figure);
-  return figure;
 }
 
 /** The workers run while the producer adds: jobs/s from the first add to the last completion. */
-async function drain(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
-  const figure = emptyFigure("s2", system, WITH_PRODUCER, run);
-  await withPeer(system, async (ctx, worker, producer) => {
+function drain(system: PeerName, size: Record<string, number>, run: number): Promise<Figure> {
+  return drainCase(system, size, run, WITH_PRODUCER, async (ctx, worker, producer) => {
     await worker.call("start", { ctx, workers: size.workers, slots: size.slots });
     await producer.call("start", { ctx });
     const window = await openWindow([worker, producer]);
-    const produced = producer.call<{ startedAt: number; endedAt: number; errors: number; firstError: string }>(
-      "closed",
-      { count: size.jobs, concurrency: size.inFlight, namePrefix: "j" },
-      600_000,
-    );
-    const done = worker.call<{ lastCompletedAt: number; duplicates: number; distinct: number }>("waitFor", { completed: size.jobs, timeoutMs: 600_000 }, 610_000);
+    const produced = producer.call<Produced>("closed", { count: size.jobs, concurrency: size.inFlight, namePrefix: "j" }, 600_000);
+    const done = worker.call<Drained>("waitFor", { completed: size.jobs, timeoutMs: 600_000 }, 610_000);
     const [p, d] = await Promise.all([produced, done]);
-    const w = await window.close();
-    figure.processes = w.processes;
-    figure.servers = w.servers;
-    figure.metrics.jobsPerS = size.jobs / ((d.lastCompletedAt - p.startedAt) / 1000);
+    return { p, d, startedAt: p.startedAt, window: await window.close() };
+  });
+}
+
+/** One run of an S2 case: `measure` adds and drains, and says from when the drain is timed. */
+async function drainCase(
+  system: PeerName,
+  size: Record<string, number>,
+  run: number,
+  variant: string,
+  measure: (ctx: PeerContext, worker: Child, producer: Child) => Promise<{ p: Produced; d: Drained; startedAt: number; window: Awaited<ReturnType<Window["close"]>> }>,
+): Promise<Figure> {
+  const figure = emptyFigure("s2", system, variant, run);
+  await withPeer(system, async (ctx, worker, producer) => {
+    const { p, d, startedAt, window } = await measure(ctx, worker, producer);
+    figure.processes = window.processes;
+    figure.servers = window.servers;
+    figure.metrics.jobsPerS = size.jobs / ((d.lastCompletedAt - startedAt) / 1000);
     figure.metrics.submitPerS = size.jobs / ((p.endedAt - p.startedAt) / 1000);
     if (p.errors > 0) figure.errors.push(`${p.errors} adds failed: ${p.firstError}`);
     await worker.call("stop", undefined, 30_000);

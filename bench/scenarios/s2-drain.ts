@@ -12,7 +12,7 @@
 // each case.
 
 import { addProcessMetrics, addServerMetrics, emptyFigure, openWindow, type Figure, type Scenario } from "../lib/figure.ts";
-import { connectAll, jobStates, startFleet } from "../lib/muster-fleet.ts";
+import { connectAll, jobStates, startFleet, type Fleet } from "../lib/muster-fleet.ts";
 import { BACKLOG, runPeer, WITH_PRODUCER } from "../peers/peer-run.ts";
 
 const SCENARIO = "s2";
@@ -56,18 +56,39 @@ export const s2: Scenario = {
 
 type Size = Record<string, number>;
 
-async function musterBacklog(size: Size, run: number): Promise<Figure> {
-  const figure = emptyFigure(SCENARIO, "muster", BACKLOG, run);
+/** One Muster run of a case on a fresh fleet: `measure` fills in jobs/s and submits/s and returns the agents' duplicate count. */
+async function musterCase(size: Size, run: number, variant: string, measure: (fleet: Fleet, figure: Figure) => Promise<number>): Promise<Figure> {
+  const figure = emptyFigure(SCENARIO, "muster", variant, run);
   const fleet = await startFleet({ agents: size.workers, capacity: size.slots, mode: "finish" });
   try {
+    figure.duplicated = await measure(fleet, figure);
+    const states = await jobStates(fleet.env.schema);
+    figure.lost = size.jobs - (states.succeeded ?? 0);
+    if (figure.lost !== 0) figure.notes.push(`job states: ${JSON.stringify(states)}`);
+  } finally {
+    await fleet.close();
+  }
+  addProcessMetrics(figure, { "muster-server": "server", agents: "workers", producer: "producer" });
+  addServerMetrics(figure);
+  return figure;
+}
+
+type Produced = { startedAt: number; endedAt: number; errors: number; firstError: string };
+
+function submit(fleet: Fleet, size: Size, queueTimeoutMs?: number): Promise<Produced> {
+  return fleet.producer.call<Produced>(
+    "closed",
+    { api: fleet.server.api, poolId: fleet.poolId, count: size.jobs, concurrency: size.inFlight, namePrefix: "j", queueTimeoutMs },
+    600_000,
+  );
+}
+
+function musterBacklog(size: Size, run: number): Promise<Figure> {
+  return musterCase(size, run, BACKLOG, async (fleet, figure) => {
     const [agents] = fleet.agents;
     // The agents are registered but not connected: the pool has no healthy
     // worker, and every job waits for one.
-    const p = await fleet.producer.call<{ startedAt: number; endedAt: number; errors: number; firstError: string }>(
-      "closed",
-      { api: fleet.server.api, poolId: fleet.poolId, count: size.jobs, concurrency: size.inFlight, namePrefix: "j", queueTimeoutMs: 3_600_000 },
-      600_000,
-    );
+    const p = await submit(fleet, size, 3_600_000);
     if (p.errors > 0) figure.errors.push(`${p.errors} submits failed: ${p.firstError}`);
     figure.metrics.submitPerS = size.jobs / ((p.endedAt - p.startedAt) / 1000);
     const window = await openWindow([fleet.server.child, agents, fleet.producer]);
@@ -78,46 +99,23 @@ async function musterBacklog(size: Size, run: number): Promise<Figure> {
     figure.processes = w.processes;
     figure.servers = w.servers;
     figure.metrics.jobsPerS = size.jobs / ((d.at - c!.startedAt) / 1000);
-    const states = await jobStates(fleet.env.schema);
-    figure.lost = size.jobs - (states.succeeded ?? 0);
-    figure.duplicated = d.duplicates;
-    if (figure.lost !== 0) figure.notes.push(`job states: ${JSON.stringify(states)}`);
-  } finally {
-    await fleet.close();
-  }
-  addProcessMetrics(figure, { "muster-server": "server", agents: "workers", producer: "producer" });
-  addServerMetrics(figure);
-  return figure;
+    return d.duplicates;
+  });
 }
 
-async function musterWithProducer(size: Size, run: number): Promise<Figure> {
-  const figure = emptyFigure(SCENARIO, "muster", WITH_PRODUCER, run);
-  const fleet = await startFleet({ agents: size.workers, capacity: size.slots, mode: "finish" });
-  try {
+function musterWithProducer(size: Size, run: number): Promise<Figure> {
+  return musterCase(size, run, WITH_PRODUCER, async (fleet, figure) => {
     await connectAll(fleet, { mode: "finish" });
     const [agents] = fleet.agents;
     const window = await openWindow([fleet.server.child, agents, fleet.producer]);
-    const produced = fleet.producer.call<{ startedAt: number; endedAt: number; errors: number; firstError: string }>(
-      "closed",
-      { api: fleet.server.api, poolId: fleet.poolId, count: size.jobs, concurrency: size.inFlight, namePrefix: "j" },
-      600_000,
-    );
     const done = agents.call<{ at: number; duplicates: number }>("waitFor", { finished: size.jobs, timeoutMs: 600_000 }, 610_000);
-    const [p, d] = await Promise.all([produced, done]);
+    const [p, d] = await Promise.all([submit(fleet, size), done]);
     const w = await window.close();
     figure.processes = w.processes;
     figure.servers = w.servers;
     figure.metrics.jobsPerS = size.jobs / ((d.at - p.startedAt) / 1000);
     figure.metrics.submitPerS = size.jobs / ((p.endedAt - p.startedAt) / 1000);
     if (p.errors > 0) figure.errors.push(`${p.errors} submits failed: ${p.firstError}`);
-    const states = await jobStates(fleet.env.schema);
-    figure.lost = size.jobs - (states.succeeded ?? 0);
-    figure.duplicated = d.duplicates;
-    if (figure.lost !== 0) figure.notes.push(`job states: ${JSON.stringify(states)}`);
-  } finally {
-    await fleet.close();
-  }
-  addProcessMetrics(figure, { "muster-server": "server", agents: "workers", producer: "producer" });
-  addServerMetrics(figure);
-  return figure;
+    return d.duplicates;
+  });
 }

@@ -395,15 +395,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       // Another replica is placing this attempt; its lease is not ours to release.
       if (choice === "held") continue;
       if (!choice.ok && choice.code === "no_healthy_worker" && choice.healthy === 0) unhealthy ??= choice;
-      const outcome = decideOnChoice({
-        choice,
-        poolName: pool.name,
-        targetName: await targetNameOf(job, targetNames),
-        requiredLabels: job.requiredLabels,
-        exclusive: job.exclusive,
-        queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
-        now,
-      });
+      const outcome = await decide(job, choice, pool, targetNames, now);
       const submission = fresh.get(job.id);
       if (outcome.kind === "leased") {
         writes.push(assign(job, job.attempt + 1, outcome.workerId, outcome.reason, pool, now, submission));
@@ -443,11 +435,22 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh, unhealthy };
   }
 
-  /** The target a job's pool came from, by name, for its placement reason (cached per pass). */
-  async function targetNameOf(job: JobRecord, targetNames: Map<string, string | null>): Promise<string | null> {
-    if (job.targetId === null || job.poolRule !== "target_default") return null;
-    if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
-    return targetNames.get(job.targetId) ?? null;
+  /** What the lease store's choice means for the job (placement-decision.ts); target names are cached per pass. */
+  async function decide(job: JobRecord, choice: Choice, pool: WorkerPoolRecord, targetNames: Map<string, string | null>, now: number) {
+    let targetName: string | null = null;
+    if (job.targetId !== null && job.poolRule === "target_default") {
+      if (!targetNames.has(job.targetId)) targetNames.set(job.targetId, (await cache.target(job.targetId))?.name ?? null);
+      targetName = targetNames.get(job.targetId) ?? null;
+    }
+    return decideOnChoice({
+      choice,
+      poolName: pool.name,
+      targetName,
+      requiredLabels: job.requiredLabels,
+      exclusive: job.exclusive,
+      queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
+      now,
+    });
   }
 
   /**
@@ -462,15 +465,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       const jobs = await db.jobs.queuedNotWaiting(pool.id, new Date(now), DRAIN_BATCH);
       const failures: Array<Promise<unknown>> = [];
       for (const job of jobs) {
-        const outcome = decideOnChoice({
-          choice: unhealthy,
-          poolName: pool.name,
-          targetName: await targetNameOf(job, targetNames),
-          requiredLabels: job.requiredLabels,
-          exclusive: job.exclusive,
-          queueDeadlineMs: job.queueDeadline?.getTime() ?? null,
-          now,
-        });
+        const outcome = await decide(job, unhealthy, pool, targetNames, now);
         if (outcome.kind === "fail") failures.push(fail(job, outcome.reason, outcome.message));
       }
       await Promise.all(failures);

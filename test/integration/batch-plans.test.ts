@@ -92,6 +92,15 @@ function scans(plan: Record<string, unknown>, into: Array<{ type: string; rows: 
   return into;
 }
 
+/** Runs the statement under EXPLAIN ANALYZE and returns what each of its scans of jobs read. */
+async function explainScans(sql: string, params: unknown[]) {
+  const explained = await orm.em
+    .fork()
+    .getConnection()
+    .execute<Array<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>>(`explain (analyze, format json) ${inline(sql, params)}`);
+  return scans(explained[0]!["QUERY PLAN"][0]!.Plan);
+}
+
 // Before the count was capped and split along the index, each read of a
 // queued job (SubmitJob's answer, GetJob, every WatchJob update) counted the
 // pool's whole queue: in a backlog of n jobs, n reads of n entries each.
@@ -126,12 +135,7 @@ test("counting the jobs ahead of one at the back of a long queue reads no more t
   assert.equal(await t.db.jobs.queueDepth(pool.id, last, 500), 500);
 
   const sql = queueDepthStatement(`${quoteIdentifier(t.schema)}.jobs`, true);
-  const params = [pool.id, 150, last.priority, last.createdAt.toISOString(), last.id];
-  const explained = await orm.em
-    .fork()
-    .getConnection()
-    .execute<Array<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>>(`explain (analyze, format json) ${inline(sql, params)}`);
-  const read = scans(explained[0]!["QUERY PLAN"][0]!.Plan);
+  const read = await explainScans(sql, [pool.id, 150, last.priority, last.createdAt.toISOString(), last.id]);
   const shown = JSON.stringify(read);
   assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the count scans the jobs table: ${shown}`);
   assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 300, `the count read past its limit: ${shown}`);
@@ -176,13 +180,7 @@ test("finding the jobs that cannot wait in a long queue of waiting ones reads on
     doomed.map((job) => job.name),
   );
 
-  const sql = queuedNotWaitingStatement(`${quoteIdentifier(t.schema)}.jobs`);
-  const params = [pool.id, new Date(now).toISOString(), 64];
-  const explained = await orm.em
-    .fork()
-    .getConnection()
-    .execute<Array<{ "QUERY PLAN": Array<{ Plan: Record<string, unknown> }> }>>(`explain (analyze, format json) ${inline(sql, params)}`);
-  const read = scans(explained[0]!["QUERY PLAN"][0]!.Plan);
+  const read = await explainScans(queuedNotWaitingStatement(`${quoteIdentifier(t.schema)}.jobs`), [pool.id, new Date(now).toISOString(), 64]);
   const shown = JSON.stringify(read);
   assert.ok(read.length > 0 && read.every((scan) => scan.type !== "Seq Scan"), `the lookup scans the jobs table: ${shown}`);
   assert.ok(read.reduce((sum, scan) => sum + scan.rows, 0) <= 10, `the lookup read the waiting jobs: ${shown}`);

@@ -136,7 +136,16 @@ describe("PostgreSQL database", () => {
         allowGlobalContext: true,
       });
       try {
-        const diff = await orm.schema.getUpdateSchemaSQL({ wrap: false, schema: test_.schema });
+        // MikroORM reads the catalog of every schema in the database; one that
+        // a test running alongside drops meanwhile fails the read (3F000). Read again.
+        let diff: string | undefined;
+        for (let tries = 1; diff === undefined; tries++) {
+          try {
+            diff = await orm.schema.getUpdateSchemaSQL({ wrap: false, schema: test_.schema });
+          } catch (error) {
+            if ((error as { code?: string }).code !== "3F000" || tries === 5) throw error;
+          }
+        }
         assert.equal(diff.trim(), "", "entities changed without a migration: run src/stores/postgres/create-migration.ts");
       } finally {
         await orm.close(true);

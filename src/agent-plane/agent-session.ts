@@ -1,9 +1,13 @@
 // One agent's Connect stream, from Hello to the end of the stream.
 //
 // Lifecycle: 'awaiting_hello' -> 'attached' -> 'closed'. Messages are handled
-// one at a time in arrival order (a promise chain), except log chunks, which
-// are batched: they queue up while one insert is in flight and the next
-// insert takes them all. A finish report waits for its attempt's chunks to be
+// in arrival order: the session's own (Hello first) one at a time, and each
+// attempt's reports one at a time after them, while different attempts' go
+// on side by side (a promise chain per attempt). An acceptance does not hold
+// up what follows it: it is written while the attempt's next report is taken,
+// and a finish that follows at once is written with it. Log chunks are
+// batched: they queue up while one insert is in flight and the next insert
+// takes them all. A finish report waits for its attempt's chunks to be
 // stored, so the job never ends before its log is complete.
 //
 // The session owns `held`: the attempts this worker holds leases for, as far
@@ -160,7 +164,12 @@ export function runAgentSession(
    */
   let lastHeartbeatAt = 0;
   const held = new Set<string>();
+  /** The session's messages (Hello, then anything not about one attempt), one after another. */
   let chain: Promise<void> = Promise.resolve();
+  /** Per attempt, its last report taken: each waits for the one before it. */
+  const attemptChains = new Map<string, Promise<void>>();
+  /** Acceptances being recorded (they do not hold up the attempt's next report). */
+  const acceptances = new Set<Promise<void>>();
   let pending = 0;
   let pendingChunks: LogChunkRecord[] = [];
   /** Chunks taken this turn, by job, not yet published to live followers. */
@@ -553,13 +562,46 @@ export function runAgentSession(
     return mine !== undefined && mine.outcome !== "worker_lost" && mine.outcome !== "unreachable";
   }
 
-  async function onAccept(jobId: string, attempt: number): Promise<void> {
-    const job = await deps.lifecycle.accepted(worker.id, jobId, attempt);
-    if (job === null) {
-      const current = await db.jobs.get(jobId);
-      if (current?.state === "running" && current.attempt === attempt && current.workerId === worker.id) return;
-      held.delete(key(jobId, attempt));
-      throw new RejectionError(status.FAILED_PRECONDITION, `job ${jobId} attempt ${attempt} is no longer assigned to this worker`);
+  /**
+   * Records the acceptance without holding up the attempt's next message: a
+   * finish that follows at once is then written with it, as one transition
+   * (job-batches.ts). What goes wrong is answered as for any other report.
+   */
+  function onAccept(jobId: string, attempt: number): void {
+    const acceptance = deps.lifecycle
+      .accepted(worker.id, jobId, attempt)
+      .then(async (job) => {
+        if (job !== null) return;
+        const current = await db.jobs.get(jobId);
+        if (current?.state === "running" && current.attempt === attempt && current.workerId === worker.id) return;
+        held.delete(key(jobId, attempt));
+        throw new RejectionError(status.FAILED_PRECONDITION, `job ${jobId} attempt ${attempt} is no longer assigned to this worker`);
+      })
+      .catch((error: unknown) => answerFailure(jobId, attempt, error))
+      .finally(() => acceptances.delete(acceptance));
+    acceptances.add(acceptance);
+  }
+
+  /** A report that could not be recorded: refused, or retried by the agent; anything else ends the stream. */
+  function answerFailure(jobId: string, attempt: number, error: unknown): void {
+    if (error instanceof RejectionError) {
+      reject(jobId, attempt, error.code, error.message);
+    } else if (jobId !== "" && typeof (error as { code?: unknown }).code !== "number") {
+      // A store failed (Postgres or Redis unreachable): not recorded, so not acknowledged.
+      // The agent keeps the report and retries; the stream and the other attempts go on.
+      log.error({ event: "agent_report_failed", jobId, attempt, err: error }, "recording an agent report failed; the agent will retry");
+      reject(jobId, attempt, status.UNAVAILABLE, "the server could not record this now; retry");
+    } else {
+      endOnError(error as Error & { code?: number });
+    }
+  }
+
+  function endOnError(error: Error & { code?: number }): void {
+    if (typeof error.code === "number") {
+      end(error.code, error.message);
+    } else {
+      log.error({ event: "agent_message_failed", err: error }, "handling an agent message failed");
+      end(status.UNAVAILABLE, "the server could not handle the message; reconnect");
     }
   }
 
@@ -586,7 +628,7 @@ export function runAgentSession(
           ({ jobId, attempt } = message.value);
           await requireLease(jobId, attempt);
           unacknowledged.delete(key(jobId, attempt));
-          await onAccept(jobId, attempt);
+          onAccept(jobId, attempt);
           return;
         case "log":
           ({ jobId, attempt } = message.value);
@@ -608,16 +650,7 @@ export function runAgentSession(
           throw new RejectionError(status.INVALID_ARGUMENT, "empty or unknown message");
       }
     } catch (error) {
-      if (error instanceof RejectionError) {
-        reject(jobId, attempt, error.code, error.message);
-      } else if (jobId !== "" && typeof (error as { code?: unknown }).code !== "number") {
-        // A store failed (Postgres or Redis unreachable): not recorded, so not acknowledged.
-        // The agent keeps the report and retries; the stream and the other attempts go on.
-        log.error({ event: "agent_report_failed", jobId, attempt, err: error }, "recording an agent report failed; the agent will retry");
-        reject(jobId, attempt, status.UNAVAILABLE, "the server could not record this now; retry");
-      } else {
-        throw error;
-      }
+      answerFailure(jobId, attempt, error);
     }
   }
 
@@ -646,32 +679,38 @@ export function runAgentSession(
     }
     pending++;
     if (pending >= MAX_PENDING_MESSAGES) call.pause();
-    chain = chain
+    // An attempt's reports go in order, after the session's own messages
+    // (Hello); different attempts' reports do not wait for each other.
+    const message = request.message;
+    const attemptKey =
+      message.case === "accept" || message.case === "log" || message.case === "finish" ? key(message.value.jobId, message.value.attempt) : null;
+    const after = attemptKey === null ? chain : (attemptChains.get(attemptKey) ?? chain);
+    const handled = after
       .then(() => onMessage(request))
-      .catch((error: Error & { code?: number }) => {
-        if (typeof error.code === "number") {
-          end(error.code, error.message);
-        } else {
-          log.error({ event: "agent_message_failed", err: error }, "handling an agent message failed");
-          end(status.UNAVAILABLE, "the server could not handle the message; reconnect");
-        }
-      })
+      .catch(endOnError)
       .finally(() => {
         pending--;
         if (pending < MAX_PENDING_MESSAGES / 4 && call.isPaused()) call.resume();
+        if (attemptKey !== null && attemptChains.get(attemptKey) === handled) attemptChains.delete(attemptKey);
       });
+    if (attemptKey === null) chain = handled;
+    else attemptChains.set(attemptKey, handled);
   });
+  /** Cleans up once every message taken has been handled, acceptances being recorded included. */
+  const cleanupAfterAll = (reason: string) => {
+    chain = Promise.all([chain, ...attemptChains.values(), ...acceptances]).then(() => cleanup(reason));
+  };
   call.on("end", () => {
-    chain = chain.then(() => cleanup("agent closed the stream"));
+    cleanupAfterAll("agent closed the stream");
     call.end();
   });
   call.on("cancelled", () => {
-    chain = chain.then(() => cleanup("stream cancelled"));
+    cleanupAfterAll("stream cancelled");
   });
   call.on("error", (error) => {
-    chain = chain.then(() => cleanup(`stream error: ${error.message}`));
+    cleanupAfterAll(`stream error: ${error.message}`);
   });
   call.on("close", () => {
-    chain = chain.then(() => cleanup("stream closed"));
+    cleanupAfterAll("stream closed");
   });
 }

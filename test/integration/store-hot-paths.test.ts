@@ -326,6 +326,70 @@ for (const driver of drivers) {
       assert.equal((await db.jobs.attempts(job.id)).length, 1);
     });
 
+    // What an agent sends for a job that ends at once: its acceptance, then its finish.
+    const accept = (jobId: string, at: Date) =>
+      db.jobs.transition(
+        jobId,
+        { states: ["assigned"], attempt: 1, workerId: worker.id },
+        { state: "running", startedAt: at },
+        { update: { attempt: 1, patch: { state: "running", acceptedAt: at } } },
+      );
+    const finish = (jobId: string, at: Date) =>
+      db.jobs.transition(
+        jobId,
+        { states: ["assigned", "running"], attempt: 1, workerId: worker.id },
+        { state: "succeeded", exitCode: 0, endedAt: at },
+        { update: { attempt: 1, patch: { state: "ended", endedAt: at, outcome: "succeeded", exitCode: 0 } } },
+      );
+    const assignedJob = async () => {
+      const job = await db.jobs.create(newJob(space, poolId));
+      await db.jobs.transition(job.id, { states: ["queued"], attempt: 0 }, { state: "assigned", attempt: 1, workerId: worker.id }, {
+        insert: attemptRow(job.id, 1, worker.id, new Date(clock)),
+      });
+      return job;
+    };
+
+    test("an acceptance and a finish asked for in one turn are written as one change: both callers get the ended job", async () => {
+      await freshPool();
+      const job = await assignedJob();
+      const [accepted, finished] = await Promise.all([accept(job.id, new Date(clock + 10)), finish(job.id, new Date(clock + 20))]);
+      // Written apart, the acceptance's caller would get the job running.
+      assert.equal(accepted?.state, "succeeded");
+      assert.deepEqual(accepted, finished);
+      assert.deepEqual([finished?.startedAt, finished?.endedAt, finished?.exitCode], [new Date(clock + 10), new Date(clock + 20), 0]);
+      const [attempt] = await db.jobs.attempts(job.id);
+      assert.deepEqual(
+        [attempt?.state, attempt?.acceptedAt, attempt?.endedAt, attempt?.outcome],
+        ["ended", new Date(clock + 10), new Date(clock + 20), "succeeded"],
+      );
+    });
+
+    test("composed transitions whose first fence fails are written one by one: each caller gets its own answer", async () => {
+      await freshPool();
+      const job = await assignedJob();
+      // Already running (an acceptance sent again after a reconnect): the acceptance fails, the finish does not.
+      assert.equal((await accept(job.id, new Date(clock + 10)))?.state, "running");
+      const [accepted, finished] = await Promise.all([accept(job.id, new Date(clock + 15)), finish(job.id, new Date(clock + 20))]);
+      assert.equal(accepted, null);
+      assert.equal(finished?.state, "succeeded");
+      assert.deepEqual(finished?.startedAt, new Date(clock + 10));
+    });
+
+    test("a transition asked for while the job's previous one is being written waits for it, and sees what it wrote", async () => {
+      await freshPool();
+      const job = await assignedJob();
+      const accepting = accept(job.id, new Date(clock + 10));
+      // The acceptance's statement has gone out (batches are written on the next turn).
+      await new Promise((resolve) => setImmediate(resolve));
+      // Its fence allows only a running job: written beside the acceptance, it would find the job still assigned.
+      const noting = db.jobs.transition(job.id, { states: ["running"], attempt: 1, workerId: worker.id }, { message: "seen running" });
+      const finishing = finish(job.id, new Date(clock + 20));
+      const [accepted, noted, finished] = await Promise.all([accepting, noting, finishing]);
+      assert.equal(accepted?.state, "running");
+      assert.equal(noted?.message, "seen running", "asked for after the acceptance, it found the job running");
+      assert.deepEqual([finished?.state, finished?.message], ["succeeded", "seen running"]);
+    });
+
     test("one bad item among several fails alone: its caller gets the error, the others are written", async () => {
       await freshPool();
       const [a, b, c] = await Promise.all([1, 2, 3].map(() => db.jobs.create(newJob(space, poolId))));

@@ -12,8 +12,14 @@
 // deadlock.
 //
 // Only items of one shape share a statement: same fence states, same fields
-// set, same kind of attempt change. A job appears at most once per statement;
-// a second transition of the same job in the same turn goes in the next one.
+// set, same kind of attempt change. A job appears at most once per statement,
+// and its transitions are written in the order they were asked for. A second
+// transition of a job whose first still waits for the turn is composed into
+// it when the first leaves the job in a state the second's fence allows (an
+// acceptance followed by the finish of a job that ended at once: one write,
+// not two); otherwise it waits for the first's statement and goes in a later
+// one. A composed transition that finds its fence unmet is tried again part
+// by part, so each caller gets what it would have got alone.
 // If a batch statement fails (a duplicate attempt, say), each of its items is
 // tried again on its own, so one bad item fails only its own caller.
 //
@@ -187,72 +193,172 @@ export function transitionBatchStatement(
   return { sql: `with ${ctes.join(", ")} select * from j`, params: [JSON.stringify(records), first.fence.states, items.map((item) => item.jobId)] };
 }
 
-interface Pending<I, O> {
+/**
+ * One transition doing what `earlier` and then `later` would, or undefined
+ * when that cannot be known without reading the row. Both are normalized and
+ * of the same job. The earlier must set the state, which the later's fence
+ * must allow, and leave attempt and worker as they were (the later's fence on
+ * them is then the earlier's); the attempt changes must touch one attempt row.
+ */
+export function composeTransitions(earlier: TransitionItem, later: TransitionItem): TransitionItem | undefined {
+  const { fence, patch } = earlier;
+  if (patch.state === undefined || !later.fence.states.includes(patch.state)) return undefined;
+  if (patch.attempt !== undefined || patch.workerId !== undefined) return undefined;
+  if (later.fence.attempt !== undefined && later.fence.attempt !== fence.attempt) return undefined;
+  if (later.fence.workerId !== undefined && later.fence.workerId !== fence.workerId) return undefined;
+  const first = earlier.change;
+  const second = later.change;
+  if (second?.insert !== undefined) return undefined;
+  let change: AttemptChange | undefined;
+  if (second?.update === undefined) {
+    change = first;
+  } else if (first === undefined) {
+    change = second;
+  } else if (first.insert === undefined && first.update !== undefined && first.update.attempt === second.update.attempt) {
+    change = { update: { attempt: first.update.attempt, patch: { ...first.update.patch, ...second.update.patch } } };
+  } else if (first.update === undefined && first.insert !== undefined && first.insert.attempt === second.update.attempt) {
+    change = { insert: { ...first.insert, ...second.update.patch } };
+  } else {
+    return undefined;
+  }
+  return { jobId: earlier.jobId, fence, patch: { ...patch, ...later.patch }, change };
+}
+
+interface Part<I, O> {
   item: I;
   resolve: (value: O) => void;
   reject: (error: unknown) => void;
 }
 
+type Outcome<O> = { ok: true; value: O } | { ok: false; error: unknown };
+
+/** What one statement row writes: one item, or several of one identity composed into one. */
+interface Entry<I, O> {
+  item: I;
+  parts: Array<Part<I, O>>;
+}
+
 export interface BatchOptions<I, O> {
   /** Items with different keys never share a statement. */
   shape(item: I): string;
-  /** Items with the same identity never share a statement (a job changed twice). */
+  /** Items with the same identity (a job changed twice) are written in the order they came, never at once. */
   identity(item: I): string;
   /** Writes several items with one statement; one result per item, in order. */
   many(items: I[]): Promise<O[]>;
   /** Writes one item on its own (a batch of one, or a retry after the batch failed). */
   one(item: I): Promise<O>;
+  /**
+   * One item that does what `earlier` and then `later` would, for two items
+   * of one identity waiting for the same turn; undefined when they cannot be
+   * written as one. Without it the later waits for the earlier's statement.
+   */
+  compose?(earlier: I, later: I): I | undefined;
+  /**
+   * Whether a result says the item took effect. A composed item that did not
+   * is written again part by part, in order, so each part's caller gets what
+   * it would have got on its own.
+   */
+  applied?(result: O): boolean;
 }
 
 /**
  * Collects the calls made in one turn of the event loop and writes them on the
  * next: `many` per shape for two or more items, `one` for a lone item.
+ *
+ * Calls with the same identity keep their order. A call made while an earlier
+ * one of its identity waits for the same turn is composed into it where
+ * `compose` allows (one row written, both callers given its result);
+ * otherwise, and while an earlier one's statement is in flight, it waits and
+ * goes in a later statement.
  */
 export function createBatcher<I, O>(options: BatchOptions<I, O>): (item: I) => Promise<O> {
-  let pending: Array<Pending<I, O>> = [];
+  let pending: Array<Entry<I, O>> = [];
+  /** Per identity: its entry waiting for the turn or in flight, and the calls held behind it. */
+  const active = new Map<string, { entry: Entry<I, O>; inFlight: boolean; held: Array<Part<I, O>> }>();
 
-  const settle = async (group: Array<Pending<I, O>>): Promise<void> => {
+  const write = (item: I): Promise<Outcome<O>> =>
+    options.one(item).then(
+      (value) => ({ ok: true, value }),
+      (error: unknown) => ({ ok: false, error }),
+    );
+
+  /** What each part of an entry gets: the entry's outcome, or, where a composed entry failed or did not apply, its own. */
+  const perPart = async (entry: Entry<I, O>, outcome: Outcome<O>): Promise<Array<Outcome<O>>> => {
+    const failed = !outcome.ok || (options.applied !== undefined && !options.applied(outcome.value));
+    if (entry.parts.length === 1 || !failed) return entry.parts.map(() => outcome);
+    const outcomes: Array<Outcome<O>> = [];
+    for (const part of entry.parts) outcomes.push(await write(part.item));
+    return outcomes;
+  };
+
+  /**
+   * The identity's writes are done: what was held behind them is queued
+   * first, then the callers hear back (what they ask for next comes after).
+   */
+  const complete = (entry: Entry<I, O>, outcomes: Array<Outcome<O>>): void => {
+    const identity = options.identity(entry.item);
+    const slot = active.get(identity);
+    active.delete(identity);
+    for (const part of slot?.held ?? []) add(part);
+    entry.parts.forEach((part, n) => {
+      const outcome = outcomes[n]!;
+      if (outcome.ok) part.resolve(outcome.value);
+      else part.reject(outcome.error);
+    });
+  };
+
+  const settle = async (group: Array<Entry<I, O>>): Promise<void> => {
+    let outcomes: Array<Outcome<O>>;
     if (group.length === 1) {
-      const [entry] = group as [Pending<I, O>];
-      await options.one(entry.item).then(entry.resolve, entry.reject);
-      return;
+      outcomes = [await write(group[0]!.item)];
+    } else {
+      try {
+        outcomes = (await options.many(group.map((entry) => entry.item))).map((value) => ({ ok: true, value }));
+      } catch {
+        // Find out whose item it was: each on its own, each with its own outcome.
+        outcomes = await Promise.all(group.map((entry) => write(entry.item)));
+      }
     }
-    let results: O[];
-    try {
-      results = await options.many(group.map((entry) => entry.item));
-    } catch {
-      // Find out whose item it was: each on its own, each with its own outcome.
-      await Promise.all(group.map((entry) => options.one(entry.item).then(entry.resolve, entry.reject)));
-      return;
-    }
-    group.forEach((entry, n) => entry.resolve(results[n]!));
+    await Promise.all(group.map(async (entry, n) => complete(entry, await perPart(entry, outcomes[n]!))));
   };
 
   const flush = () => {
     const taken = pending;
     pending = [];
-    // Per shape, split into statements whose items have distinct identities.
-    const groups = new Map<string, Array<{ identities: Set<string>; entries: Array<Pending<I, O>> }>>();
+    const groups = new Map<string, Array<Entry<I, O>>>();
     for (const entry of taken) {
-      const shape = options.shape(entry.item);
       const identity = options.identity(entry.item);
-      let statements = groups.get(shape);
-      if (statements === undefined) groups.set(shape, (statements = []));
-      let target = statements.find((statement) => !statement.identities.has(identity));
-      if (target === undefined) statements.push((target = { identities: new Set(), entries: [] }));
-      target.identities.add(identity);
-      target.entries.push(entry);
+      active.get(identity)!.inFlight = true;
+      const shape = options.shape(entry.item);
+      let group = groups.get(shape);
+      if (group === undefined) groups.set(shape, (group = []));
+      group.push(entry);
     }
-    for (const statements of groups.values()) {
-      for (const statement of statements) void settle(statement.entries);
-    }
+    for (const group of groups.values()) void settle(group);
   };
 
-  return (item) =>
-    new Promise<O>((resolve, reject) => {
+  const add = (part: Part<I, O>): void => {
+    const identity = options.identity(part.item);
+    const slot = active.get(identity);
+    if (slot === undefined) {
+      const entry: Entry<I, O> = { item: part.item, parts: [part] };
+      active.set(identity, { entry, inFlight: false, held: [] });
       if (pending.length === 0) setImmediate(flush);
-      pending.push({ item, resolve, reject });
-    });
+      pending.push(entry);
+      return;
+    }
+    if (!slot.inFlight && slot.held.length === 0 && options.compose !== undefined) {
+      const composed = options.compose(slot.entry.item, part.item);
+      if (composed !== undefined) {
+        slot.entry.item = composed;
+        slot.entry.parts.push(part);
+        return;
+      }
+    }
+    slot.held.push(part);
+  };
+
+  return (item) => new Promise<O>((resolve, reject) => add({ item, resolve, reject }));
 }
 
 /** The patch without its undefined fields, which mean "leave as is". */

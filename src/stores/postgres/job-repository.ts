@@ -18,6 +18,7 @@
 import { queueOrder, type AttemptRecord, type JobRecord } from "../../domain.ts";
 import { queuedJobRecord, type Database } from "../database.ts";
 import {
+  composeTransitions,
   createBatcher,
   definedOnly,
   normalizeTransition,
@@ -287,6 +288,8 @@ export function createJobRepository(ctx: StoreContext): Database["jobs"] {
   const batchedTransition = createBatcher<TransitionItem, JobRecord | null>({
     shape: transitionShape,
     identity: (item) => item.jobId.toLowerCase(),
+    compose: composeTransitions,
+    applied: (job) => job !== null,
     one: transitionOne,
     async many(items) {
       const { sql, params } = transitionBatchStatement(jobs, attempts, items);

@@ -32,8 +32,10 @@ type AcquireChoices = Awaited<ReturnType<LeaseStore["acquireMany"]>>;
 /** The lease store's answer when a pool has no healthy worker at all. */
 type NoHealthyWorker = Extract<Choice, { ok: false }>;
 
-/** Queued jobs read per pass. */
+/** Queued jobs read per page of a pass. */
 const DRAIN_BATCH = 64;
+/** The fewest a pass's first page reads when the pool's last pass ran out of room. */
+const MIN_FIRST_PAGE = 8;
 /** How often queued jobs past their queue deadline are failed. */
 const QUEUE_DEADLINE_SWEEP_MS = 1000;
 
@@ -97,6 +99,12 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
   const submissions = new Map<string, Submission[]>();
   // Pools whose queue was empty when this replica last read it (a hint for drainPass).
   const queueSeenEmpty = new Set<string>();
+  // Per pool: how many jobs its last pass placed before its workers had no
+  // room left. With a backlog, room frees a few slots at a time (finishes),
+  // and a first page of 64 read and decoded for every few placed cost more
+  // than the placing; the next pass reads about twice as many as the last
+  // one placed, and pages on at full size if there is more room than that.
+  const placedBeforeFull = new Map<string, number>();
   const timers = new Set<NodeJS.Timeout>();
   let sweep: NodeJS.Timeout | null = null;
   let closed = false;
@@ -290,6 +298,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     // need (labels, an idle worker, a healthy worker before their deadline)
     // are passed over; the first plain job that cannot be placed ends the pass.
     let after: JobRecord | undefined;
+    let placedThisPass = 0;
     for (;;) {
       // When the pool's queue was empty at its last read, the new jobs are
       // likely the whole queue: their leases are taken while the queue is
@@ -302,14 +311,17 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
         early = { jobs, choices: leases.acquireMany(jobs.map((job) => acquireRequest(job, pool))) };
         early.choices.catch(() => {}); // awaited below, after the read: not an unhandled rejection meanwhile
       }
+      const lastPlaced = placedBeforeFull.get(poolId);
+      const limit = after === undefined && lastPlaced !== undefined ? Math.min(DRAIN_BATCH, Math.max(MIN_FIRST_PAGE, 2 * lastPlaced)) : DRAIN_BATCH;
       let queued: JobRecord[];
       try {
-        queued = await db.jobs.queued(poolId, DRAIN_BATCH, after);
+        queued = await db.jobs.queued(poolId, limit, after);
       } catch (error) {
         if (early !== null) await releaseChoices(early.jobs, early.choices);
         throw error;
       }
-      const wholeQueue = queued.length < DRAIN_BATCH;
+      const wholeQueue = queued.length < limit;
+      if (wholeQueue) placedBeforeFull.delete(poolId);
       if (after === undefined) {
         if (wholeQueue && queued.length === 0) queueSeenEmpty.add(poolId);
         else queueSeenEmpty.delete(poolId);
@@ -336,9 +348,13 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       if (route.kind === "pool") {
         const page = await placePage(queued, pool, targetNames, fresh, chosen);
         if (page.queuedFresh) queueSeenEmpty.delete(poolId);
+        placedThisPass += page.placed;
         if (wholeQueue && !page.queuedFresh) return { writes: page.writes };
         await page.writes;
-        if (page.outcome === "blocked") return null;
+        if (page.outcome === "blocked") {
+          if (page.full) placedBeforeFull.set(poolId, placedThisPass);
+          return null;
+        }
         if (page.unhealthy !== null && !wholeQueue) {
           // The pool has no healthy worker: no job further back can be
           // placed either, and reading the rest of the queue page by page
@@ -381,10 +397,21 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
     targetNames: Map<string, string | null>,
     fresh: Map<string, Submission>,
     chosen?: Promise<AcquireChoices>,
-  ): Promise<{ outcome: "placed" | "blocked"; writes: Promise<void>; queuedFresh: boolean; unhealthy: NoHealthyWorker | null }> {
+  ): Promise<{
+    outcome: "placed" | "blocked";
+    /** Jobs given a worker. */
+    placed: number;
+    /** The page ended at a plain job that found every healthy worker busy. */
+    full: boolean;
+    writes: Promise<void>;
+    queuedFresh: boolean;
+    unhealthy: NoHealthyWorker | null;
+  }> {
     const choices = await (chosen ?? leases.acquireMany(queued.map((job) => acquireRequest(job, pool))));
     const now = Date.now();
     let blocked = choices.length < queued.length;
+    let placed = 0;
+    let full = false;
     let storeHolds: boolean | undefined;
     let queuedFresh = false;
     let unhealthy: NoHealthyWorker | null = null;
@@ -398,6 +425,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       const outcome = await decide(job, choice, pool, targetNames, now);
       const submission = fresh.get(job.id);
       if (outcome.kind === "leased") {
+        placed++;
         writes.push(assign(job, job.attempt + 1, outcome.workerId, outcome.reason, pool, now, submission));
         continue;
       }
@@ -420,6 +448,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       // a job that waits for labels or exclusivity does not hold the others back.
       const special = job.requiredLabels.length > 0 || job.exclusive || (!choice.ok && choice.code === "no_healthy_worker");
       if (outcome.kind === "wait" && special) continue;
+      full = !choice.ok && choice.code === "all_busy";
       // This job holds the queue: leases taken behind it in this page go back.
       for (let later = n + 1; later < choices.length; later++) {
         const taken = choices[later]!;
@@ -432,7 +461,7 @@ export function createJobPlacer(options: JobPlacerOptions): JobPlacer {
       const failure = settled.find((result) => result.status === "rejected");
       if (failure !== undefined) throw failure.reason;
     });
-    return { outcome: blocked ? "blocked" : "placed", writes: written, queuedFresh, unhealthy };
+    return { outcome: blocked ? "blocked" : "placed", placed, full, writes: written, queuedFresh, unhealthy };
   }
 
   /** What the lease store's choice means for the job (placement-decision.ts); target names are cached per pass. */

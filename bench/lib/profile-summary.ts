@@ -1,7 +1,10 @@
 // Summarizes a V8 .cpuprofile (node --cpu-prof): self time by function and
 // by file, and total (inclusive) time of the functions under src/, so a
 // missed target can be traced to what costs what.
-//   node bench/lib/profile-summary.ts <file.cpuprofile> [top=25]
+//   node bench/lib/profile-summary.ts <file.cpuprofile> [top=25] [from-to]
+// from-to (seconds since the profile started, e.g. 9.5-14) counts only the
+// samples taken in that window: a scenario's drain without its set-up. The
+// summary starts with the busy (not idle) ms of each second, to find it.
 
 import { readFileSync } from "node:fs";
 
@@ -12,14 +15,25 @@ interface Node {
   children?: number[];
 }
 
-const [file, topArg] = process.argv.slice(2);
+const [file, topArg, windowArg] = process.argv.slice(2);
 const profile = JSON.parse(readFileSync(file, "utf8")) as { nodes: Node[]; startTime: number; endTime: number; samples: number[]; timeDeltas: number[] };
 const top = Number(topArg ?? 25);
 const byId = new Map(profile.nodes.map((n) => [n.id, n]));
 const parent = new Map<number, number>();
 for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const [from, to] = windowArg === undefined ? [0, Infinity] : windowArg.split("-").map(Number);
+if (!Number.isFinite(from) || Number.isNaN(to)) throw new Error(`window "${windowArg}": write it as from-to, in seconds`);
 const sampleMs = new Map<number, number>();
-profile.samples.forEach((id, i) => sampleMs.set(id, (sampleMs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000));
+const busyBySecond: number[] = [];
+let at = 0;
+profile.samples.forEach((id, i) => {
+  const ms = (profile.timeDeltas[i] ?? 0) / 1000;
+  at += ms;
+  const second = Math.floor(at / 1000);
+  if (byId.get(id)!.callFrame.functionName !== "(idle)") busyBySecond[second] = (busyBySecond[second] ?? 0) + ms;
+  if (at < from! * 1000 || at > to! * 1000) return;
+  sampleMs.set(id, (sampleMs.get(id) ?? 0) + ms);
+});
 const total = [...sampleMs.values()].reduce((a, b) => a + b, 0);
 
 const short = (url: string) => url.replace(/^file:\/\/\/work\/main\//, "").replace(/.*node_modules\//, "nm:");
@@ -48,6 +62,7 @@ const print = (title: string, map: Map<string, number>) => {
   for (const [k, v] of [...map].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${v.toFixed(0).padStart(8)} ms ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
 };
 console.log(`profile ${file}: ${total.toFixed(0)} ms sampled over ${((profile.endTime - profile.startTime) / 1000).toFixed(0)} ms`);
+console.log(`busy ms per second: ${Array.from(busyBySecond, (ms, second) => `${second}:${(ms ?? 0).toFixed(0)}`).join(" ")}`);
 print("self time by function", self);
 print("self time by file", selfFile);
 print("inclusive time of src/ functions", inclusive);

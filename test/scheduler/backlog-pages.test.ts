@@ -12,15 +12,11 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
 import type { JobRecord } from "../../src/domain.ts";
-import { silentLogger } from "../../src/logger.ts";
-import { createConfigCache } from "../../src/scheduler/config-cache.ts";
-import { createJobEvents } from "../../src/scheduler/job-events.ts";
-import { createJobPlacer, type JobPlacer } from "../../src/scheduler/job-placer.ts";
+import type { JobPlacer } from "../../src/scheduler/job-placer.ts";
 import type { Database } from "../../src/stores/database.ts";
 import type { LeaseStore } from "../../src/stores/lease-store.ts";
-import { createMemoryLeaseStore } from "../../src/stores/memory/memory-lease-store.ts";
-import { openDatabase } from "../../src/stores/postgres/open-database.ts";
 import { plainJob } from "../support/jobs.ts";
+import { openPlacerHarness, type PlacerHarness } from "../support/placer.ts";
 
 const SPACE = "pages";
 const TTL_MS = 60_000;
@@ -28,6 +24,7 @@ const CAPACITY = 4;
 /** More than three full pages (64 jobs each). */
 const BACKLOG = 200;
 
+let harness: PlacerHarness;
 let db: Database;
 let store: LeaseStore;
 let placer: JobPlacer;
@@ -36,42 +33,22 @@ let poolId: string;
 let rowsRead = 0;
 
 before(async () => {
-  const opened = await openDatabase({ dataDir: "memory://" });
-  db = {
-    ...opened,
-    jobs: {
-      ...opened.jobs,
-      async queued(...args) {
-        const page = await opened.jobs.queued(...args);
-        rowsRead += page.length;
-        return page;
-      },
+  harness = await openPlacerHarness({
+    space: SPACE,
+    ttlMs: TTL_MS,
+    onQueueRead: (rows) => {
+      rowsRead += rows;
     },
-  };
-  store = createMemoryLeaseStore();
-  await store.start();
-  await db.ensureSpace(SPACE);
+  });
+  ({ db, store, placer } = harness);
   poolId = (await db.pools.create({ space: SPACE, name: "busy", description: "" })).id;
   const workerId = randomUUID();
   await store.attach({ workerId, poolId, capacity: CAPACITY, labels: [], acceptsWork: true }, "session", "replica", TTL_MS);
   await store.heartbeat(workerId, "session", TTL_MS, TTL_MS);
-  await store.onDelivery("replica", () => {});
-  placer = createJobPlacer({
-    db,
-    cache: createConfigCache(db),
-    leases: store,
-    events: createJobEvents(store),
-    logger: silentLogger(),
-    leaseTtlMs: TTL_MS,
-    assignmentTimeoutMs: TTL_MS,
-    builtin: { enabled: false, tryStart: async () => false },
-  });
 });
 
 after(async () => {
-  await placer?.close();
-  await store?.close();
-  await db?.close();
+  await harness?.close();
 });
 
 /** What the agent's finish does to the job and its lease, short of asking for a drain. */

@@ -12,20 +12,17 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
 import type { JobRecord } from "../../src/domain.ts";
-import { silentLogger } from "../../src/logger.ts";
-import { createConfigCache } from "../../src/scheduler/config-cache.ts";
-import { createJobEvents } from "../../src/scheduler/job-events.ts";
-import { createJobPlacer, type JobPlacer } from "../../src/scheduler/job-placer.ts";
+import type { JobPlacer } from "../../src/scheduler/job-placer.ts";
 import type { Database } from "../../src/stores/database.ts";
 import type { LeaseStore } from "../../src/stores/lease-store.ts";
-import { createMemoryLeaseStore } from "../../src/stores/memory/memory-lease-store.ts";
-import { openDatabase } from "../../src/stores/postgres/open-database.ts";
 import { plainJob } from "../support/jobs.ts";
+import { openPlacerHarness, type PlacerHarness } from "../support/placer.ts";
 import { waitUntil } from "../support/wait.ts";
 
 const SPACE = "drain";
 const TTL_MS = 60_000;
 
+let harness: PlacerHarness;
 let db: Database;
 let store: LeaseStore;
 let placer: JobPlacer;
@@ -34,38 +31,26 @@ let poolId: string;
 let gate: Promise<void> = Promise.resolve();
 
 before(async () => {
-  db = await openDatabase({ dataDir: "memory://" });
-  store = createMemoryLeaseStore();
-  await store.start();
-  await db.ensureSpace(SPACE);
+  harness = await openPlacerHarness({
+    space: SPACE,
+    ttlMs: TTL_MS,
+    wrapLeases: (inner) => ({
+      ...inner,
+      async deliver(delivery) {
+        await gate;
+        return inner.deliver(delivery);
+      },
+    }),
+  });
+  ({ db, store, placer } = harness);
   poolId = (await db.pools.create({ space: SPACE, name: "one-slot", description: "" })).id;
   const workerId = randomUUID();
   await store.attach({ workerId, poolId, capacity: 1, labels: [], acceptsWork: true }, "session", "replica", TTL_MS);
   await store.heartbeat(workerId, "session", TTL_MS, TTL_MS);
-  await store.onDelivery("replica", () => {});
-  const leases: LeaseStore = {
-    ...store,
-    async deliver(delivery) {
-      await gate;
-      return store.deliver(delivery);
-    },
-  };
-  placer = createJobPlacer({
-    db,
-    cache: createConfigCache(db),
-    leases,
-    events: createJobEvents(leases),
-    logger: silentLogger(),
-    leaseTtlMs: TTL_MS,
-    assignmentTimeoutMs: TTL_MS,
-    builtin: { enabled: false, tryStart: async () => false },
-  });
 });
 
 after(async () => {
-  await placer?.close();
-  await store?.close();
-  await db?.close();
+  await harness?.close();
 });
 
 function submit(name: string): Promise<JobRecord> {

@@ -9,7 +9,6 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -230,18 +229,18 @@ describe("placement rules", () => {
     const poolId = pool.workerPool!.id;
     const blocker = (await h.jobs.submitJob({ space: s, name: "blocker", script: "sleep 1", workerPoolId: poolId })).job!;
     assert.equal(blocker.state, JobState.ASSIGNED);
-    // Submitted together while the only slot is taken: all wait, then run one at a time.
-    const submitted = await Promise.all(
-      [
-        { name: "low-1", priority: 0 },
-        { name: "high", priority: 5 },
-        { name: "low-2", priority: 0 },
-        { name: "low-3", priority: 0 },
-      ].map(async (spec, n) => {
-        await sleep(n * 20); // distinct submission times
-        return (await h.jobs.submitJob({ space: s, script: "true", workerPoolId: poolId, ...spec })).job!;
-      }),
-    );
+    // Submitted one after another while the only slot is taken: all wait, then
+    // run one at a time. (Submitted at once, 20 ms apart, a loaded machine could
+    // deliver two requests in the other order, and the server's order is the queue's.)
+    const submitted = [];
+    for (const spec of [
+      { name: "low-1", priority: 0 },
+      { name: "high", priority: 5 },
+      { name: "low-2", priority: 0 },
+      { name: "low-3", priority: 0 },
+    ]) {
+      submitted.push((await h.jobs.submitJob({ space: s, script: "true", workerPoolId: poolId, ...spec })).job!);
+    }
     for (const job of submitted) assert.equal(job.state, JobState.QUEUED, `${job.name} waits behind the blocker`);
     const ended = await Promise.all([blocker, ...submitted].map((job) => finished(job.id)));
     const started = ended.sort((a, b) => Number(a.startTime!.seconds - b.startTime!.seconds) * 1e9 + (a.startTime!.nanos - b.startTime!.nanos));

@@ -11,15 +11,10 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import type { JobRecord } from "../../src/domain.ts";
-import { silentLogger } from "../../src/logger.ts";
-import { createConfigCache } from "../../src/scheduler/config-cache.ts";
-import { createJobEvents } from "../../src/scheduler/job-events.ts";
-import { createJobPlacer, type JobPlacer } from "../../src/scheduler/job-placer.ts";
+import type { JobPlacer } from "../../src/scheduler/job-placer.ts";
 import type { Database } from "../../src/stores/database.ts";
-import type { LeaseStore } from "../../src/stores/lease-store.ts";
-import { createMemoryLeaseStore } from "../../src/stores/memory/memory-lease-store.ts";
-import { openDatabase } from "../../src/stores/postgres/open-database.ts";
 import { plainJob } from "../support/jobs.ts";
+import { openPlacerHarness, type PlacerHarness } from "../support/placer.ts";
 import { waitUntil } from "../support/wait.ts";
 
 const SPACE = "unhealthy";
@@ -28,47 +23,28 @@ const TTL_MS = 60_000;
 const BACKLOG = 200;
 
 let db: Database;
-let store: LeaseStore;
+let harness: PlacerHarness;
 let placer: JobPlacer;
 let poolId: string;
 /** Queue pages read (jobs.queued calls) since the test last reset it. */
 let pagesRead = 0;
 
 before(async () => {
-  const opened = await openDatabase({ dataDir: "memory://" });
-  db = {
-    ...opened,
-    jobs: {
-      ...opened.jobs,
-      queued(...args) {
-        pagesRead++;
-        return opened.jobs.queued(...args);
-      },
+  harness = await openPlacerHarness({
+    space: SPACE,
+    ttlMs: TTL_MS,
+    onQueueRead: () => {
+      pagesRead++;
     },
-  };
-  store = createMemoryLeaseStore();
-  await store.start();
-  await db.ensureSpace(SPACE);
+  });
+  ({ db, placer } = harness);
   // A pool whose workers are all away: none attached to the lease store.
   poolId = (await db.pools.create({ space: SPACE, name: "offline", description: "" })).id;
-  await store.onDelivery("replica", () => {});
-  placer = createJobPlacer({
-    db,
-    cache: createConfigCache(db),
-    leases: store,
-    events: createJobEvents(store),
-    logger: silentLogger(),
-    leaseTtlMs: TTL_MS,
-    assignmentTimeoutMs: TTL_MS,
-    builtin: { enabled: false, tryStart: async () => false },
-  });
   placer.start();
 });
 
 after(async () => {
-  await placer?.close();
-  await store?.close();
-  await db?.close();
+  await harness?.close();
 });
 
 function submit(name: string, queueTimeoutMs: number | null): Promise<JobRecord> {
